@@ -1,0 +1,104 @@
+"""The DuckDB warehouse: one place that opens it, migrates it and applies queries/.
+
+Table changes are numbered migrations applied once and recorded in
+`schema_migrations`; views and macros in queries/ are re-applied on every
+writable open (`CREATE OR REPLACE`), so a new release's SQL always wins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+
+DEFAULT_DB = Path("data/fleetstate.duckdb")
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse problem the user can act on (locked, missing, corrupt)."""
+
+
+def default_db_path() -> Path:
+    env = os.environ.get("FLEETSTATE_DB")
+    return Path(env) if env else DEFAULT_DB
+
+
+def _sql_dir(name: str) -> Path:
+    """queries/ and migrations/ live beside the package in a checkout, inside it in a wheel."""
+    packaged = Path(str(resources.files("pipeline"))) / name
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / name
+
+
+def queries_dir() -> Path:
+    return _sql_dir("queries")
+
+
+def migrations_dir() -> Path:
+    return Path(__file__).resolve().parent / "migrations"
+
+
+def connect(path: Path, read_only: bool = False, wait_s: float = 5.0) -> duckdb.DuckDBPyConnection:
+    """Open (and, when writable, migrate) the warehouse at `path`.
+
+    Another process holding the write lock gets a short wait, then a clear error.
+    """
+    if read_only and not path.exists():
+        raise WarehouseError(f"no warehouse at {path}: run `fleetstate ingest` (or `demo`) first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
+            if time.monotonic() >= deadline:
+                raise WarehouseError(
+                    f"warehouse {path} is locked by another fleetstate process; "
+                    "try again when it has finished"
+                ) from exc
+            time.sleep(0.2)
+    con.execute("SET TimeZone = 'UTC'")
+    if not read_only:
+        migrate(con)
+        apply_queries(con)
+    return con
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the numbered migrations not yet recorded; return the names applied."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    done = {row[0] for row in con.execute("SELECT name FROM schema_migrations").fetchall()}
+    applied = []
+    for sql_file in sorted(migrations_dir().glob("[0-9][0-9][0-9]_*.sql")):
+        if sql_file.name in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql_file.read_text())
+            con.execute("INSERT INTO schema_migrations (name) VALUES (?)", [sql_file.name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(sql_file.name)
+    return applied
+
+
+def apply_queries(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """(Re)create every view and macro in queries/, in file-name order."""
+    names = []
+    for sql_file in sorted(queries_dir().glob("*.sql")):
+        con.execute(sql_file.read_text())
+        names.append(sql_file.name)
+    return names
