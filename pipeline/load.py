@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import records
+from pipeline.errors import FleetstateError
 
 HISTORY = "history.jsonl"
 OBSERVATIONS = "observations.jsonl"
@@ -30,7 +31,7 @@ HEAD_BYTES = 4096  # fingerprint of a file's start, to notice a replaced file
 SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
 
 
-class LoadError(RuntimeError):
+class LoadError(FleetstateError):
     """The mirror cannot be read (missing directory, unreadable file)."""
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import duckdb
 
+from pipeline.errors import FleetstateError
+
 DEFAULT_DB = Path("data/fleetstate.duckdb")
 
 
-class WarehouseError(RuntimeError):
+class WarehouseError(FleetstateError):
     """A warehouse problem the user can act on (locked, missing, corrupt)."""
 
 
@@ -102,3 +104,9 @@ def apply_queries(con: duckdb.DuckDBPyConnection) -> list[str]:
         con.execute(sql_file.read_text())
         names.append(sql_file.name)
     return names
+
+
+def remove(path: Path) -> None:
+    """Delete a warehouse file and its write-ahead log (for `rebuild` and `demo`)."""
+    for p in (path, path.with_name(path.name + ".wal")):
+        p.unlink(missing_ok=True)
