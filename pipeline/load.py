@@ -257,23 +257,44 @@ def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         if batch.chunks:
             _insert_runs(con, batch, now)
         _insert_observations(con, batch, now)
-        con.executemany(
-            "INSERT OR REPLACE INTO load_cursors VALUES (?, ?, ?, ?, ?)",
-            [(k, h, off, head, now) for k, h, off, head in batch.cursors],
-        )
+        _save_cursors(con, batch.cursors, now)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     finally:
-        for name in ("staged", "staged_files"):
+        for name in ("staged", "staged_files", "cursor_rows"):
             try:
                 con.unregister(name)
             except duckdb.Error:
                 pass
 
 
+def _save_cursors(
+    con: duckdb.DuckDBPyConnection, cursors: list[tuple[str, str, int, str]], now: datetime
+) -> None:
+    """One statement for all of a batch's cursors (executemany costs a statement per file)."""
+    last = {c[0]: c for c in cursors}  # a file read in several pieces: its final cursor
+    table = pa.table(
+        {
+            "source_path": [c[0] for c in last.values()],
+            "host": [c[1] for c in last.values()],
+            "byte_offset": pa.array([c[2] for c in last.values()], pa.int64()),
+            "head_sha": [c[3] for c in last.values()],
+        }
+    )
+    con.register("cursor_rows", table)
+    con.execute(
+        "INSERT OR REPLACE INTO load_cursors "
+        "SELECT source_path, host, byte_offset, head_sha, ? FROM cursor_rows",
+        [now],
+    )
+    con.unregister("cursor_rows")
+
+
 def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
+    """Parse the staged lines (fast path, then the slow path for the rest) and insert the
+    runs not yet in the warehouse, the first of each identity in the batch winning."""
     staged = pa.concat_tables(batch.chunks)
     files = pa.table(
         {
@@ -285,24 +306,57 @@ def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) ->
     )
     con.register("staged", staged)
     con.register("staged_files", files)
-    con.execute("CREATE OR REPLACE TEMP TABLE parsed AS " + records.parse_sql("staged"))
-    cols = ", ".join(records.RUN_COLUMNS)
-    before = _count(con, "runs")
+    con.execute("CREATE OR REPLACE TEMP TABLE fast AS " + records.fast_sql("staged"))
     con.execute(
+        "CREATE OR REPLACE TEMP TABLE slow AS "
+        + records.slow_sql(
+            "(SELECT file_idx, host, source, source_path, byte_offset, line, pre_reason "
+            "FROM fast WHERE NOT ok)"
+        )
+    )
+    batch.stats.runs_added += _insert_new_runs(con, now)
+    _reject_slow_lines(con, batch, now)
+    con.execute("DROP TABLE fast")
+    con.execute("DROP TABLE slow")
+
+
+def _insert_new_runs(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
+    """Insert the valid rows of `fast` and `slow` whose (host, run_id) is new.
+
+    Repeats are rare, so they are found by a hash of the identity first and only the
+    few rows that share a hash are ranked (history before state file, then offset); the
+    check against `runs` is one anti-join on the same columns."""
+    cols = ", ".join(records.RUN_COLUMNS)
+    valid = (
+        f"SELECT {cols}, hash(host, run_id) AS h FROM fast WHERE ok "
+        f"UNION ALL SELECT {cols}, hash(host, run_id) AS h FROM slow WHERE reason IS NULL"
+    )  # noqa: S608 -- column names come from records.RUN_COLUMNS, not input
+    row = con.execute(
         f"""
         INSERT INTO runs ({cols}, loaded_at)
-        SELECT {cols}, ? FROM parsed p
-        WHERE reason IS NULL
-          AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.host = p.host AND r.run_id = p.run_id)
-        QUALIFY row_number() OVER (PARTITION BY host, run_id
-            ORDER BY CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
-                     byte_offset) = 1
+        WITH valid AS MATERIALIZED ({valid}),
+        repeated AS (
+            SELECT h FROM valid GROUP BY h HAVING count(*) > 1
+        ),
+        losers AS (
+            SELECT v.source_path, v.byte_offset FROM valid v SEMI JOIN repeated USING (h)
+            QUALIFY row_number() OVER (PARTITION BY host, run_id
+                ORDER BY CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
+                         byte_offset, source_path) > 1
+        )
+        SELECT {cols}, ? FROM valid p
+        WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.host = p.host AND r.run_id = p.run_id)
+          AND NOT EXISTS (SELECT 1 FROM losers l WHERE l.source_path = p.source_path
+                          AND l.byte_offset = p.byte_offset)
         """,  # noqa: S608 -- column names come from records.RUN_COLUMNS, not input
         [now],
-    )
-    batch.stats.runs_added += _count(con, "runs") - before
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _reject_slow_lines(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
     bad = con.execute(
-        "SELECT host, source_path, byte_offset, reason, line, file_idx FROM parsed "
+        "SELECT host, source_path, byte_offset, reason, line, file_idx FROM slow "
         "WHERE reason IS NOT NULL"
     ).fetchall()
     rows = []
@@ -315,7 +369,6 @@ def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) ->
             reason = records.refine_json_reason(raw)
         rows.append((host, path, off, reason, raw))
     _insert_rejects(con, rows, now, batch.stats)
-    con.execute("DROP TABLE parsed")
 
 
 def _insert_rejects(
@@ -337,8 +390,7 @@ def _insert_rejects(
         }
     )
     con.register("reject_rows", table)
-    before = _count(con, "rejects")
-    con.execute(
+    row = con.execute(
         """
         INSERT INTO rejects
         SELECT t.host, t.source_path, t.byte_offset, t.reason, t.line, ? FROM reject_rows t
@@ -346,9 +398,9 @@ def _insert_rejects(
                           AND r.byte_offset = t.byte_offset AND r.line = t.line)
         """,
         [now],
-    )
+    ).fetchone()
     con.unregister("reject_rows")
-    stats.rejects_added += _count(con, "rejects") - before
+    stats.rejects_added += int(row[0]) if row else 0
 
 
 OBS_COLUMNS = (
@@ -371,8 +423,7 @@ def _insert_observations(con: duckdb.DuckDBPyConnection, batch: Batch, now: date
     )
     con.register("obs_rows", table)
     cols = ", ".join(OBS_COLUMNS)
-    before = _count(con, "observations")
-    con.execute(
+    row = con.execute(
         f"""
         INSERT INTO observations ({cols}, loaded_at)
         SELECT {cols}, ? FROM obs_rows o
@@ -380,11 +431,6 @@ def _insert_observations(con: duckdb.DuckDBPyConnection, batch: Batch, now: date
                           AND x.observed_at = o.observed_at)
         """,  # noqa: S608 -- fixed column names
         [now],
-    )
+    ).fetchone()
     con.unregister("obs_rows")
-    batch.stats.observations_added += _count(con, "observations") - before
-
-
-def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    row = con.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 -- fixed names
-    return int(row[0]) if row else 0
+    batch.stats.observations_added += int(row[0]) if row else 0

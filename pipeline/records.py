@@ -93,45 +93,70 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _reason_sql(i: int, f: Field) -> str:
-    """SQL for the reason field `f` (list index i, 1-based) is invalid, or NULL."""
-    t, v = f"types[{i}]", f"vals[{i}]"
+def _rules(f: Field, t: str, v: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """The checks of field `f` given SQL for its JSON type `t` and string value `v`.
+
+    (accept, [(condition, reason), ...]): the first true condition names the problem;
+    `accept` (optional fields: absent, null, '' or 'null') passes before any check.
+    reason SQL and the fast path's yes/no SQL are both built from this one list.
+    """
     ok_types = ", ".join(_lit(t) for t in _JSON_TYPES[f.kind])
-    missing = (
-        f"WHEN {t} IS NULL THEN {_lit('missing required field ' + f.name)} "
-        f"WHEN {t} = 'NULL' THEN {_lit(f.name + ' is null')} "
-        if f.required
-        else f"WHEN {t} IS NULL OR {t} = 'NULL' OR ({t} = 'VARCHAR' AND {v} IN ('', 'null')) THEN NULL "
+    checks: list[tuple[str, str]] = []
+    accept = None
+    if f.required:
+        checks.append((f"{t} IS NULL", _lit("missing required field " + f.name)))
+        checks.append((f"{t} = 'NULL'", _lit(f.name + " is null")))
+    else:
+        accept = f"{t} IS NULL OR {t} = 'NULL' OR ({t} = 'VARCHAR' AND {v} IN ('', 'null'))"
+    checks.append(
+        (
+            f"{t} NOT IN ({ok_types})",
+            f"{_lit(f.name + ': expected ' + _KIND_WORDS[f.kind] + ', got ')} || lower({t})",
+        )
     )
-    wrong = (
-        f"WHEN {t} NOT IN ({ok_types}) THEN "
-        f"{_lit(f.name + ': expected ' + _KIND_WORDS[f.kind] + ', got ')} || lower({t}) "
-    )
-    fmt = ""
     if f.kind in _FORMAT_RE:
-        fmt = (
-            f"WHEN NOT regexp_full_match({v}, {_lit(_FORMAT_RE[f.kind])}) THEN "
-            f"{_lit(f.name + ': not ' + _KIND_WORDS[f.kind] + ': ')} || left({v}, 80) "
+        checks.append(
+            (
+                f"NOT regexp_full_match({v}, {_lit(_FORMAT_RE[f.kind])})",
+                f"{_lit(f.name + ': not ' + _KIND_WORDS[f.kind] + ': ')} || left({v}, 80)",
+            )
         )
         if f.kind == "timestamp":
-            fmt += (
-                f"WHEN try_cast({v} AS TIMESTAMPTZ) IS NULL THEN "
-                f"{_lit(f.name + ': impossible date or time: ')} || left({v}, 80) "
+            checks.append(
+                (
+                    f"try_cast({v} AS TIMESTAMPTZ) IS NULL",
+                    f"{_lit(f.name + ': impossible date or time: ')} || left({v}, 80)",
+                )
             )
     elif f.kind == "int":
         lo, hi = _INT_RANGE[f.name]
         what = "unsupported schema_version " if f.name == "schema_version" else f.name + ": "
-        fmt = (
-            f"WHEN try_cast({v} AS BIGINT) IS NULL OR try_cast({v} AS BIGINT) NOT BETWEEN {lo} AND {hi} "
-            f"THEN {_lit(what)} || {v} "
-            + ("" if f.name == "schema_version" else f"|| {_lit(f' (outside {lo}..{hi})')} ")
+        tail = "" if f.name == "schema_version" else f" || {_lit(f' (outside {lo}..{hi})')}"
+        checks.append(
+            (
+                f"try_cast({v} AS BIGINT) IS NULL OR try_cast({v} AS BIGINT) NOT BETWEEN {lo} AND {hi}",
+                f"{_lit(what)} || {v}{tail}",
+            )
         )
-    return f"CASE {missing}{wrong}{fmt}END"
+    return accept, checks
 
 
-def _value_sql(i: int, f: Field) -> str:
+def _reason_sql(f: Field, t: str, v: str) -> str:
+    """SQL for the reason field `f` is invalid, or NULL."""
+    accept, checks = _rules(f, t, v)
+    head = f"WHEN {accept} THEN NULL " if accept else ""
+    return "CASE " + head + " ".join(f"WHEN {c} THEN {m}" for c, m in checks) + " END"
+
+
+def _valid_sql(f: Field, t: str, v: str) -> str:
+    """SQL that is true exactly when _reason_sql(f, t, v) is NULL, without building text."""
+    accept, checks = _rules(f, t, v)
+    head = f"WHEN {accept} THEN true " if accept else ""
+    return "CASE " + head + " ".join(f"WHEN {c} THEN false" for c, _ in checks) + " ELSE true END"
+
+
+def _value_sql(f: Field, v: str) -> str:
     """SQL for the typed value of field `f`; '' and 'null' strings read as NULL."""
-    v = f"vals[{i}]"
     if f.kind in ("sha1", "sha256", "timestamp", "str") and not f.required:
         v = f"nullif(nullif({v}, ''), 'null')"
     if f.kind == "bool":
@@ -145,38 +170,127 @@ def _value_sql(i: int, f: Field) -> str:
     return v
 
 
-def parse_sql(staged: str) -> str:
-    """A SELECT over `staged` (file_idx, byte_offset, line, pre_reason) joined to `staged_files`
-    (file_idx, host, source, source_path): every line with its typed columns and a reason
-    (NULL when the line is a valid run)."""
+def _out_name(f: Field) -> str:
+    return f.name if f.name != "host" else "reported_host"
+
+
+def _run_id_sql() -> str:
+    """run_id as written, or derived from the host and the parsed seed fields, so the compact
+    history line and the pretty-printed state file of one run give the same identity."""
+    canonical = (
+        "to_json([host, "
+        + ", ".join(
+            "strftime(ts, '%Y-%m-%dT%H:%M:%S.%f')" if n == "ts" else f"CAST({n} AS VARCHAR)"
+            for n in SEED_FIELDS
+        )
+        + "])"
+    )
+    return f"coalesce(run_id, 'derived-' || left(sha256({canonical}), 32))"
+
+
+_FROM_JSON_TYPE = {"int": "UBIGINT", "bool": "BOOLEAN"}  # all other kinds: VARCHAR
+_SOURCE_LEN = {  # bytes of a member `"name":value,` given its JSON type and value text v
+    "VARCHAR": "{n} + 6 + strlen({v})",
+    "BOOLEAN": "{n} + 4 + strlen({v})",
+    "UBIGINT": "{n} + 4 + strlen({v})",
+    "NULL": "{n} + 8",
+}
+
+
+def fast_sql(staged: str) -> str:
+    """The fast path: a SELECT over `staged` joined to `staged_files` that accepts the lines
+    the wrapper writes (compact, no escapes, known keys only) and marks every other line
+    `ok = false` for slow_sql to judge. Each line is parsed twice (typed values with
+    from_json, exact types with json_type) instead of five times.
+
+    Why an accepted line is one slow_sql accepts with the same values: its types are
+    json_type's and are checked by the same rules; a line without a backslash holds every
+    string as its bytes between quotes and every unsigned integer as its digits, so the
+    member of each known key has a length known from its type and value. The line's length
+    equals braces + those members + commas only when nothing else is there: no unknown or
+    repeated key, no whitespace. tests/test_load_perf_invariants.py checks the two paths
+    agree on generated lines.
+    """
+    struct = "{" + ", ".join(
+        f'"{f.name}": "{_FROM_JSON_TYPE.get(f.kind, "VARCHAR")}"' for f in FIELDS
+    ) + "}"
+    paths = "[" + ", ".join(_lit("$." + n) for n in KNOWN) + "]"
+    cols, checks, members = [], [], []
+    for i, f in enumerate(FIELDS):
+        t, v = f"t_{f.name}", f"v_{f.name}"
+        value = f"r.{f.name}" if f.kind not in _FROM_JSON_TYPE else f"CAST(r.{f.name} AS VARCHAR)"
+        cols += [f"types[{i + 1}] AS {t}", f"{value} AS {v}"]
+        checks.append(_valid_sql(f, t, v))
+        n = len(f.name)
+        members.append(
+            f"CASE WHEN {t} IS NULL THEN 0 "
+            + " ".join(f"WHEN {t} = '{k}' THEN {e.format(n=n, v=v)}" for k, e in _SOURCE_LEN.items())
+            + f" ELSE -{MAX_LINE_BYTES} END"
+        )
+    values = ",\n        ".join(f"{_value_sql(f, 'v_' + f.name)} AS {_out_name(f)}" for f in FIELDS)
+    return f"""
+WITH screened AS (
+    SELECT s.file_idx, s.byte_offset, s.line, s.pre_reason,
+        s.pre_reason IS NULL AND starts_with(s.line, '{{')
+            AND (suffix(s.line, '}}') OR suffix(s.line, '}}' || chr(10)))
+            AND strlen(s.line) <= {MAX_LINE_BYTES}
+            AND NOT contains(s.line, '\\') AND NOT contains(s.line, chr(0))
+            AND json_valid(s.line) AS may
+    FROM {staged} s
+), parsed AS (
+    SELECT file_idx, byte_offset, line, pre_reason, may,
+        CASE WHEN may THEN from_json(line, {_lit(struct)}) END AS r,
+        CASE WHEN may THEN json_type(line, {paths}) END AS types
+    FROM screened
+), fielded AS (
+    SELECT file_idx, byte_offset, line, pre_reason, may,
+        strlen(line) - CASE WHEN suffix(line, chr(10)) THEN 1 ELSE 0 END AS text_len,
+        {", ".join(cols)}
+    FROM parsed
+), judged AS (
+    SELECT *, coalesce(may AND text_len = 1 + {" + ".join(members)}
+        AND {" AND ".join(checks)}, false) AS ok
+    FROM fielded
+), valued AS (
+    SELECT j.file_idx, sf.host, sf.source, sf.source_path, j.byte_offset, j.ok,
+        CASE WHEN NOT j.ok THEN j.line END AS line,
+        CASE WHEN NOT j.ok THEN j.pre_reason END AS pre_reason,
+        CAST(NULL AS VARCHAR) AS reason, CAST(NULL AS JSON) AS extra,
+        {values}
+    FROM judged j JOIN staged_files sf USING (file_idx)
+)
+SELECT * REPLACE (CASE WHEN ok THEN {_run_id_sql()} END AS run_id)
+FROM valued
+"""
+
+
+def slow_sql(lines: str) -> str:
+    """The slow path: a SELECT over `lines` (file_idx, host, source, source_path, byte_offset,
+    line, pre_reason): every line with its typed columns and a reason (NULL when the line is
+    a valid run), names the exact problem of any line, keeps unknown fields in `extra`."""
     paths = "[" + ", ".join(_lit("$." + n) for n in KNOWN) + "]"
     known_list = "[" + ", ".join(_lit(n) for n in KNOWN) + "]"
-    reasons = ",\n        ".join(_reason_sql(i + 1, f) for i, f in enumerate(FIELDS))
-    values = ",\n        ".join(
-        f"{_value_sql(i + 1, f)} AS {f.name if f.name != 'host' else 'reported_host'}"
-        for i, f in enumerate(FIELDS)
+    reasons = ",\n        ".join(
+        _reason_sql(f, f"types[{i + 1}]", f"vals[{i + 1}]") for i, f in enumerate(FIELDS)
     )
-    # identity of a record without run_id: its host and parsed seed fields, so the
-    # compact history line and the pretty-printed state file give the same run
-    canonical = "to_json([host, " + ", ".join(
-        "strftime(ts, '%Y-%m-%dT%H:%M:%S.%f')" if n == "ts" else f"CAST({n} AS VARCHAR)"
-        for n in SEED_FIELDS
-    ) + "])"
+    values = ",\n        ".join(
+        f"{_value_sql(f, f'vals[{i + 1}]')} AS {_out_name(f)}" for i, f in enumerate(FIELDS)
+    )
     return f"""
 WITH checked AS (
-    SELECT s.file_idx, s.byte_offset, s.line,
+    SELECT s.file_idx, s.host, s.source, s.source_path, s.byte_offset, s.line,
         CASE
             WHEN s.pre_reason IS NOT NULL THEN s.pre_reason
-            WHEN sf.source = 'history' AND s.line IN ('', chr(10)) THEN 'empty line'
-            WHEN sf.source = 'history' AND octet_length(encode(s.line)) > {MAX_LINE_BYTES}
-                THEN 'line too long: ' || octet_length(encode(s.line)) || ' bytes (limit {MAX_LINE_BYTES})'
-            WHEN sf.source = 'history' AND starts_with(s.line, chr(65279)) THEN 'byte order mark at start of line'
-            WHEN sf.source = 'history' AND suffix(s.line, chr(13) || chr(10)) THEN 'CRLF line ending (history lines end with LF only)'
+            WHEN s.source = 'history' AND s.line IN ('', chr(10)) THEN 'empty line'
+            WHEN s.source = 'history' AND strlen(s.line) > {MAX_LINE_BYTES}
+                THEN 'line too long: ' || strlen(s.line) || ' bytes (limit {MAX_LINE_BYTES})'
+            WHEN s.source = 'history' AND starts_with(s.line, chr(65279)) THEN 'byte order mark at start of line'
+            WHEN s.source = 'history' AND suffix(s.line, chr(13) || chr(10)) THEN 'CRLF line ending (history lines end with LF only)'
             WHEN contains(s.line, chr(0)) THEN 'NUL byte in line'
             WHEN NOT json_valid(s.line) THEN 'invalid JSON'
             WHEN json_type(s.line) <> 'OBJECT' THEN 'not a JSON object: ' || lower(json_type(s.line))
         END AS pre
-    FROM {staged} s JOIN staged_files sf USING (file_idx)
+    FROM {lines} s
 ), typed AS (
     SELECT c.*,
         CASE WHEN pre IS NULL THEN json_type(line, {paths}) END AS types,
@@ -190,19 +304,37 @@ WITH checked AS (
         ), '')) AS reason
     FROM typed t
 ), valued AS (
-    SELECT j.file_idx, sf.host, sf.source, sf.source_path, j.byte_offset, j.line, j.reason,
+    SELECT j.file_idx, j.host, j.source, j.source_path, j.byte_offset, j.line, j.reason,
         CASE WHEN j.reason IS NULL AND len(unknown_keys) > 0 THEN
             to_json(map_from_entries(list_transform(unknown_keys, lambda k: {{'key': k,
                 'value': json_extract(line, '/' || replace(replace(k, '~', '~0'), '/', '~1'))}})))
         END AS extra,
         {values}
-    FROM judged j JOIN staged_files sf USING (file_idx)
+    FROM judged j
 )
-SELECT * REPLACE (
-    CASE WHEN reason IS NULL THEN
-        coalesce(run_id, 'derived-' || left(sha256({canonical}), 32))
-    END AS run_id)
+SELECT * REPLACE (CASE WHEN reason IS NULL THEN {_run_id_sql()} END AS run_id)
 FROM valued
+"""
+
+
+PARSED_COLUMNS = (
+    "file_idx, host, source, source_path, byte_offset, line, reason, extra, "
+    + ", ".join(_out_name(f) for f in FIELDS)
+)
+
+
+def parse_sql(staged: str) -> str:
+    """A SELECT over `staged` (file_idx, byte_offset, line, pre_reason) joined to `staged_files`
+    (file_idx, host, source, source_path): every line with its typed columns and a reason
+    (NULL when the line is a valid run; `line` is kept only for the others).
+
+    The fast path takes the common lines; the slow path judges the rest."""
+    lines = "(SELECT file_idx, host, source, source_path, byte_offset, line, pre_reason FROM fast WHERE NOT ok)"
+    return f"""
+WITH fast AS MATERIALIZED ({fast_sql(staged)})
+SELECT {PARSED_COLUMNS} FROM fast WHERE ok
+UNION ALL
+SELECT {PARSED_COLUMNS} FROM ({slow_sql(lines)})
 """
 
 

@@ -63,7 +63,9 @@ def measure(hosts: int, runs: int, work: Path) -> tuple[float, float, float, int
         load.append(ingest_seconds(mirror, db))
         noop.append(ingest_seconds(mirror, db, fresh=False))
     con = duckdb.connect(str(db), read_only=True)
-    row = con.execute("SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM rejects)").fetchone()
+    row = con.execute(
+        "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM rejects)"
+    ).fetchone()
     con.close()
     assert row is not None and row[0] == hosts * runs, f"expected {hosts * runs} runs, got {row}"
     return min(base), min(load), min(noop), size

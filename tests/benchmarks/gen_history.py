@@ -114,13 +114,19 @@ def _bad(kind: int, line: str) -> str:
     if k == 1:
         return "Error: Could not run: SIGTERM\n"  # garbage
     if k == 2:
-        return line.replace('"success":true', '"success":"yes"').replace(
-            '"success":false', '"success":"yes"'
-        ).replace('"run_id":"', '"run_id":"x')
-    return line.replace('"git_sha":"', '"git_sha":"', 1).replace(
-        line[line.index('"git_sha":"') + 11 : line.index('"git_sha":"') + 51],
-        line[line.index('"git_sha":"') + 11 : line.index('"git_sha":"') + 50],
-    ).replace('"run_id":"', '"run_id":"y')  # 39-hex sha
+        return (
+            line.replace('"success":true', '"success":"yes"')
+            .replace('"success":false', '"success":"yes"')
+            .replace('"run_id":"', '"run_id":"x')
+        )
+    return (
+        line.replace('"git_sha":"', '"git_sha":"', 1)
+        .replace(
+            line[line.index('"git_sha":"') + 11 : line.index('"git_sha":"') + 51],
+            line[line.index('"git_sha":"') + 11 : line.index('"git_sha":"') + 50],
+        )
+        .replace('"run_id":"', '"run_id":"y')
+    )  # 39-hex sha
 
 
 def generate(out: Path, hosts: int, runs: int, total_bytes: int = 0, seed: int = 7) -> int:
