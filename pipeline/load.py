@@ -14,14 +14,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import numpy as np
-import pyarrow as pa
 
 from pipeline import records
 from pipeline.errors import FleetstateError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 HISTORY = "history.jsonl"
 OBSERVATIONS = "observations.jsonl"
@@ -177,6 +178,9 @@ def _stage(batch: Batch, host: str, name: str, key: str, start: int, data: bytes
 
 def _lines_table(batch: Batch, idx: int, start: int, data: bytes) -> pa.Table:
     """Arrow table of the newline-terminated lines in `data`, without copying them."""
+    import numpy as np
+    import pyarrow as pa
+
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
     n = len(ends)
     batch.stats.lines += n
@@ -208,6 +212,8 @@ def _is_utf8(data: bytes) -> bool:
 
 def _text_table(batch: Batch, idx: int, pieces: list[tuple[int, bytes]]) -> pa.Table:
     """The slow path, for lines that may not be UTF-8: one Python object per line."""
+    import pyarrow as pa
+
     texts: list[str] = []
     reasons: list[str | None] = []
     for off, raw in pieces:
@@ -274,6 +280,8 @@ def _save_cursors(
     con: duckdb.DuckDBPyConnection, cursors: list[tuple[str, str, int, str]], now: datetime
 ) -> None:
     """One statement for all of a batch's cursors (executemany costs a statement per file)."""
+    import pyarrow as pa
+
     last = {c[0]: c for c in cursors}  # a file read in several pieces: its final cursor
     table = pa.table(
         {
@@ -295,6 +303,8 @@ def _save_cursors(
 def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
     """Parse the staged lines (fast path, then the slow path for the rest) and insert the
     runs not yet in the warehouse, the first of each identity in the batch winning."""
+    import pyarrow as pa
+
     staged = pa.concat_tables(batch.chunks)
     files = pa.table(
         {
@@ -314,43 +324,65 @@ def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) ->
             "FROM fast WHERE NOT ok)"
         )
     )
-    batch.stats.runs_added += _insert_new_runs(con, now)
+    hosts = [f[1] for f in batch.files]
+    batch.stats.runs_added += _insert_new_runs(con, now, min(hosts), max(hosts))
     _reject_slow_lines(con, batch, now)
     con.execute("DROP TABLE fast")
     con.execute("DROP TABLE slow")
 
 
-def _insert_new_runs(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
-    """Insert the valid rows of `fast` and `slow` whose (host, run_id) is new.
+def _insert_new_runs(
+    con: duckdb.DuckDBPyConnection, now: datetime, first_host: str, last_host: str
+) -> int:
+    """Insert the valid rows of `fast` and `slow` whose (host, run_id) is new, the first of
+    each identity in the batch winning (history before state file, then by offset).
 
-    Repeats are rare, so they are found by a hash of the identity first and only the
-    few rows that share a hash are ranked (history before state file, then offset); the
-    check against `runs` is one anti-join on the same columns."""
+    Repeats are rare, so they are looked for by a hash of the identity: hashes seen twice
+    in the batch or already in `runs` (within the batch's host range, given as constants
+    so DuckDB skips row groups of other hosts). Only rows with such a hash are compared
+    exactly; when there are none the batch is inserted without any join."""
     cols = ", ".join(records.RUN_COLUMNS)
     valid = (
-        f"SELECT {cols}, hash(host, run_id) AS h FROM fast WHERE ok "
+        f"SELECT {cols}, h FROM fast WHERE ok "
         f"UNION ALL SELECT {cols}, hash(host, run_id) AS h FROM slow WHERE reason IS NULL"
     )  # noqa: S608 -- column names come from records.RUN_COLUMNS, not input
-    row = con.execute(
+    con.execute(
         f"""
-        INSERT INTO runs ({cols}, loaded_at)
-        WITH valid AS MATERIALIZED ({valid}),
-        repeated AS (
-            SELECT h FROM valid GROUP BY h HAVING count(*) > 1
+        CREATE OR REPLACE TEMP TABLE skipped AS
+        WITH hashes AS MATERIALIZED (SELECT h FROM ({valid})),
+        suspect AS (
+            SELECT h FROM hashes GROUP BY h HAVING count(*) > 1
+            UNION
+            SELECT hash(host, run_id) FROM runs
+            WHERE host BETWEEN ? AND ? AND hash(host, run_id) IN (SELECT h FROM hashes)
         ),
-        losers AS (
-            SELECT v.source_path, v.byte_offset FROM valid v SEMI JOIN repeated USING (h)
-            QUALIFY row_number() OVER (PARTITION BY host, run_id
-                ORDER BY CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
-                         byte_offset, source_path) > 1
+        candidates AS (SELECT * FROM ({valid}) WHERE h IN (SELECT h FROM suspect)),
+        stored AS (
+            SELECT host, run_id FROM runs
+            WHERE host BETWEEN ? AND ? AND hash(host, run_id) IN (SELECT h FROM suspect)
         )
-        SELECT {cols}, ? FROM valid p
-        WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.host = p.host AND r.run_id = p.run_id)
-          AND NOT EXISTS (SELECT 1 FROM losers l WHERE l.source_path = p.source_path
-                          AND l.byte_offset = p.byte_offset)
+        SELECT source_path, byte_offset FROM candidates c
+        WHERE EXISTS (SELECT 1 FROM stored s WHERE s.host = c.host AND s.run_id = c.run_id)
+        UNION ALL
+        SELECT source_path, byte_offset FROM candidates
+        QUALIFY row_number() OVER (PARTITION BY host, run_id
+            ORDER BY CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
+                     byte_offset, source_path) > 1
         """,  # noqa: S608 -- column names come from records.RUN_COLUMNS, not input
+        [first_host, last_host, first_host, last_host],
+    )
+    skip = con.execute("SELECT count(*) FROM skipped").fetchone()
+    where = (
+        ""
+        if not skip or skip[0] == 0
+        else "WHERE NOT EXISTS (SELECT 1 FROM skipped k "
+        "WHERE k.source_path = v.source_path AND k.byte_offset = v.byte_offset)"
+    )
+    row = con.execute(
+        f"INSERT INTO runs ({cols}, loaded_at) SELECT {cols}, ? FROM ({valid}) v {where}",  # noqa: S608
         [now],
     ).fetchone()
+    con.execute("DROP TABLE skipped")
     return int(row[0]) if row else 0
 
 
@@ -378,6 +410,8 @@ def _insert_rejects(
     stats: LoadStats,
 ) -> None:
     """Rejects keyed by (file, offset): re-reading a replaced file does not repeat them."""
+    import pyarrow as pa
+
     if not rows:
         return
     table = pa.table(
@@ -411,6 +445,8 @@ OBS_COLUMNS = (
 
 
 def _insert_observations(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
+    import pyarrow as pa
+
     if batch.obs_rejects:
         _insert_rejects(con, batch.obs_rejects, now, batch.stats)
     if not batch.observations:
@@ -418,8 +454,11 @@ def _insert_observations(con: duckdb.DuckDBPyConnection, batch: Batch, now: date
     rows = [tuple(o.get(c) for c in OBS_COLUMNS) for o in batch.observations]
     table = pa.table(
         {c: [r[i] for r in rows] for i, c in enumerate(OBS_COLUMNS) if c != "observed_at"}
-        | {"observed_at": pa.array([o["observed_at"] for o in batch.observations],
-                                   pa.timestamp("us", tz="UTC"))}
+        | {
+            "observed_at": pa.array(
+                [o["observed_at"] for o in batch.observations], pa.timestamp("us", tz="UTC")
+            )
+        }
     )
     con.register("obs_rows", table)
     cols = ", ".join(OBS_COLUMNS)

@@ -259,8 +259,8 @@ WITH screened AS (
         {values}
     FROM judged j JOIN staged_files sf USING (file_idx)
 )
-SELECT * REPLACE (CASE WHEN ok THEN {_run_id_sql()} END AS run_id)
-FROM valued
+SELECT *, hash(host, run_id) AS h FROM (
+    SELECT * REPLACE (CASE WHEN ok THEN {_run_id_sql()} END AS run_id) FROM valued)
 """
 
 
