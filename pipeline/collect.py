@@ -156,8 +156,8 @@ def collect_host(host: str, mirror: Mirror, options: CollectOptions, target: Ssh
     started = time.monotonic()
     deadline = started + options.host_timeout
     hr = HostResult(host, ok=False)
+    cursor = mirror.read_cursor(host)
     try:
-        cursor = mirror.read_cursor(host)
         crc = posix_cksum(cursor.window) if cursor.window else 0
         command = build_command(cursor.offset, cursor.inode, crc, len(cursor.window))
         out = _run_with_retries(target, command, options, deadline, hr)
@@ -172,8 +172,9 @@ def collect_host(host: str, mirror: Mirror, options: CollectOptions, target: Ssh
     except Exception as exc:  # every failure becomes an observation, never a crash
         hr.error = describe_error(exc, target, options)
         try:
+            mirror.truncate_uncommitted(host, cursor)
             mirror.append_observation(host, observation(host, error=hr.error))
-            mirror.save_cursor(host, mirror.read_cursor(host))
+            mirror.save_cursor(host, cursor)
         except OSError as io_exc:
             hr.error += f"; and the mirror could not record it: {io_exc}"
     hr.seconds = time.monotonic() - started

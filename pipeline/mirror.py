@@ -30,7 +30,7 @@ class Cursor:
 
     inode: int = 0  # remote history file (or its rotated .1) last read from
     offset: int = 0  # bytes of that file already in the mirror
-    window: bytes = b""  # the last min(64, offset) bytes before offset
+    window: bytes = b""  # the last min(WINDOW, offset) bytes before offset (remote.WINDOW)
     history_size: int = 0  # mirror history.jsonl size when committed
     observations_size: int = 0  # mirror observations.jsonl size when committed
 
@@ -81,16 +81,20 @@ class Mirror:
             cursor = Cursor.from_json(json.loads((d / CURSOR).read_text()))
         except FileNotFoundError:
             cursor = Cursor()
-        hist, obs = _size(d / HISTORY), _size(d / OBSERVATIONS)
-        if hist < cursor.history_size:
+        if _size(d / HISTORY) < cursor.history_size:
             # The mirror lost bytes the cursor covers (deleted by hand): pull again.
             cursor = Cursor(observations_size=cursor.observations_size)
-        if hist > cursor.history_size:
-            _truncate(d / HISTORY, cursor.history_size)
-        if obs > cursor.observations_size:
-            _truncate(d / OBSERVATIONS, cursor.observations_size)
-        return Cursor(cursor.inode, cursor.offset, cursor.window, cursor.history_size,
-                      min(obs, cursor.observations_size))
+        cursor = Cursor(cursor.inode, cursor.offset, cursor.window, cursor.history_size,
+                        min(_size(d / OBSERVATIONS), cursor.observations_size))
+        self.truncate_uncommitted(host, cursor)
+        return cursor
+
+    def truncate_uncommitted(self, host: str, cursor: Cursor) -> None:
+        """Cut appends made after `cursor` was committed (a run that died or failed)."""
+        d = self.host_dir(host)
+        for name, size in ((HISTORY, cursor.history_size), (OBSERVATIONS, cursor.observations_size)):
+            if _size(d / name) > size:
+                _truncate(d / name, size)
 
     def append_history(self, host: str, data: bytes) -> None:
         if data and not data.endswith(b"\n"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REPORT_MAGIC = b"FLEETSTATE-REPORT 1\n"
-WINDOW = 64  # bytes before the cursor offset whose cksum proves the file is still ours
+WINDOW = 1024  # bytes before the cursor offset whose cksum proves the file is still ours
 
 # POSIX sh; GNU and BSD userlands. Sections whose size is announced before the
 # bytes are read are padded with NUL to the announced size (the file may shrink

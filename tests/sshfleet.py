@@ -164,6 +164,8 @@ class SimHost:
         (r / "ns/etc_up/puppet_role").write_text("")
         for d in ("fs/var_log", "fs/opt", "fs/etc_puppet"):
             os.chmod(r / d, 0o755)
+        for d in ("fs/root", "fs/var_root"):
+            os.chmod(r / d, 0o700)
         (r / "ns/etc_up/ssh/fleetsim_authorized_keys").write_text(f"ssh-ed25519 {user_key_pub}\n")
         bindir = r / "ns/etc_up/fleetsim/bin"
         _script(bindir / "sudo", SUDO_REFUSED)
