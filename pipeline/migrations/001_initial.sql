@@ -88,3 +88,9 @@ CREATE TABLE git_commits (
     commit_time TIMESTAMPTZ,
     subject     VARCHAR
 );
+
+-- Small facts about the warehouse itself (e.g. that `demo` made it).
+CREATE TABLE meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR
+);

@@ -1,0 +1,275 @@
+"""The `fleetstate` command: parse, open the warehouse, call the core, render.
+
+Domain errors (FleetstateError) become one line on stderr and exit code 1 here,
+and only here. Heavy modules (duckdb, polars, paramiko) are imported inside the
+commands so that `--help` starts instantly.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from pipeline.errors import FleetstateError
+from pipeline.exitcodes import Exit
+
+if TYPE_CHECKING:
+    import duckdb
+
+app = typer.Typer(
+    help="Ground truth of what masterless Puppet applied on every host, and when.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")]
+
+
+class State:
+    db: Path = Path("data/fleetstate.duckdb")
+
+
+state = State()
+
+
+@app.callback()
+def main_options(
+    db: Annotated[
+        Path | None,
+        typer.Option(envvar="FLEETSTATE_DB", help="Warehouse file [default: data/fleetstate.duckdb]."),
+    ] = None,
+) -> None:
+    """Ground truth of what masterless Puppet applied on every host, and when."""
+    from pipeline.warehouse import DEFAULT_DB
+
+    state.db = db or DEFAULT_DB
+
+
+def _open(read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    from pipeline import warehouse
+
+    return warehouse.connect(state.db, read_only=read_only)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@app.command()
+def ingest(
+    targets: Annotated[list[str] | None, typer.Argument(help="Host names or host-list files.")] = None,
+    from_dir: Annotated[
+        Path | None, typer.Option("--from", help="Load a mirror-layout directory instead of SSH.")
+    ] = None,
+    mirror: Annotated[Path, typer.Option(help="Where collected bytes are kept.")] = Path("data/mirror"),
+    jobs: Annotated[int, typer.Option(min=1, max=256, help="Hosts collected at once.")] = 16,
+    accept_new_host_keys: Annotated[
+        bool, typer.Option(help="Trust and save keys of hosts not yet in known_hosts.")
+    ] = False,
+    ssh_config: Annotated[Path | None, typer.Option(help="[default: ~/.ssh/config]")] = None,
+    known_hosts: Annotated[Path | None, typer.Option(help="[default: ~/.ssh/known_hosts]")] = None,
+    user: Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds one host may take.")] = 60.0,
+) -> None:
+    """Pull new history bytes and current state from hosts, then load them.
+
+    Example: fleetstate ingest hosts.txt --jobs 32
+             fleetstate ingest --from data/sample-fleet
+    """
+    from pipeline import load
+
+    if from_dir is None and not targets:
+        raise typer.BadParameter("give host names or host-list files, or --from DIR")
+    failed: dict[str, str] = {}
+    if targets:
+        from pipeline import collect, targets as targets_mod
+        from pipeline.mirror import Mirror
+
+        hosts = targets_mod.parse_targets(targets)
+        options = collect.CollectOptions(
+            ssh_config=ssh_config, known_hosts=known_hosts, user=user,
+            accept_new_host_keys=accept_new_host_keys, host_timeout=timeout, jobs=jobs,
+        )  # fmt: skip
+        result = collect.collect_fleet(hosts, Mirror(mirror), options, progress=_collect_progress())
+        failed = result.hosts_failed
+        from_dir = mirror
+        for host, error in sorted(failed.items()):
+            _progress(f"failed: {host}: {error}")
+    con = _open(read_only=False)
+    stats = load.load_mirror(
+        con, from_dir, progress=lambda s: _progress(f"loaded {s.bytes_read:,} bytes, {s.runs_added:,} runs")
+    )
+    _progress(
+        f"{stats.files} files, {stats.lines:,} new lines: {stats.runs_added:,} runs, "
+        f"{stats.observations_added:,} observations, {stats.rejects_added:,} rejects"
+        + (f", {stats.pending_bytes:,} bytes of unfinished lines left for next time"
+           if stats.pending_bytes else "")
+    )
+    if failed:
+        raise typer.Exit(Exit.PARTIAL)
+
+
+def _collect_progress() -> Any:
+    try:
+        from pipeline.progress import make_progress  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return make_progress()
+
+
+@app.command()
+def status(
+    filter_: Annotated[
+        str, typer.Option("--filter", help="e.g. 'applied=N role~talos pp_last>20h sort:pp_last:desc'")
+    ] = "",
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """The monitor: one row per host, what puppet last applied and whether it is current.
+
+    Example: fleetstate status --filter 'applied=N|? pp_last>2h'
+    """
+    from pipeline import filters, report, views
+
+    query = filters.parse(filter_)
+    frame = filters.apply(report.status(_open()), query)
+    views.emit_status(frame, fmt.value)
+
+
+@app.command()
+def rollout(
+    sha: Annotated[str, typer.Argument(help="Full sha or a unique prefix of 7+ hex digits.")],
+    role: Annotated[str | None, typer.Option(help="Only hosts of this role.")] = None,
+    min_pct: Annotated[
+        float | None, typer.Option("--min", help="Exit 3 when less than PCT %% converged.")
+    ] = None,
+    stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Progress of a commit across the fleet.
+
+    Example: fleetstate rollout 3f2a9c1 --role gecko_t_linux_talos --min 95
+    """
+    from pipeline import report, views
+
+    con = _open()
+    full = report.resolve_sha(con, sha)
+    summary, hosts = report.rollout(con, full, role, stale_hours)
+    views.emit_rollout(summary, hosts, fmt.value)
+    pct = summary["pct_converged"][0]
+    if min_pct is not None and (pct is None or pct < min_pct):
+        _progress(f"gate not met: {pct or 0}% converged < {min_pct}%")
+        raise typer.Exit(Exit.GATE)
+
+
+@app.command()
+def history(
+    host: Annotated[str, typer.Argument(help="Host name as in `status`.")],
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """The runs of one host, newest first.
+
+    Example: fleetstate history t-linux64-ms-001.test.releng.mdc1.mozilla.com --limit 10
+    """
+    from pipeline import report, views
+
+    views.emit_history(report.history(_open(), host, limit), fmt.value)
+
+
+@app.command()
+def drift(
+    since: Annotated[str, typer.Option(help="How far back: 30d, 12h, 2w.")] = "30d",
+    role: Annotated[str | None, typer.Option(help="Only this role.")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Drift over time: per day and role, how many commits the fleet ran and who was off the norm.
+
+    Example: fleetstate drift --since 14d --format csv
+    """
+    from pipeline import render, report
+
+    frame = report.drift(_open(), report.parse_duration(since), role)
+    render.emit(frame, fmt.value, title=f"drift over the last {since}")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="Any read-only SQL.")],
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Ad-hoc SQL against the warehouse, opened read-only.
+
+    Example: fleetstate sql "SELECT role, count(*) FROM host_state GROUP BY role"
+    """
+    from pipeline import render, report
+
+    con = _open()
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    render.emit(report.sql(con, query), fmt.value)
+
+
+@app.command()
+def rebuild(
+    mirror: Annotated[Path, typer.Option(help="The mirror to rebuild from.")] = Path("data/mirror"),
+) -> None:
+    """Drop the warehouse and recreate it from the mirror alone (after an upgrade, say).
+
+    Example: fleetstate rebuild --mirror data/mirror
+    """
+    from pipeline import load, warehouse
+
+    if not mirror.is_dir():
+        raise FleetstateError(f"mirror directory {mirror} does not exist; nothing to rebuild from")
+    warehouse.remove(state.db)
+    con = _open(read_only=False)
+    stats = load.load_mirror(con, mirror)
+    _progress(f"rebuilt {state.db}: {stats.runs_added:,} runs, {stats.rejects_added:,} rejects")
+
+
+@app.command()
+def demo(
+    mirror: Annotated[
+        Path, typer.Option(help="Where the sample fleet is written.")
+    ] = Path("data/demo-mirror"),
+) -> None:
+    """Run the whole pipeline on the bundled sample fleet: generate, ingest, status, rollout.
+
+    Example: fleetstate demo
+    """
+    from pipeline import demo as demo_mod
+
+    demo_mod.run(state.db, mirror, _progress)
+
+
+def main() -> None:
+    """Entry point: run the app, mapping domain errors to one line and exit code 1."""
+    try:
+        app()
+    except FleetstateError as exc:
+        print(f"fleetstate: error: {exc}", file=sys.stderr)
+        sys.exit(Exit.ERROR)
+    except OSError as exc:
+        print(f"fleetstate: error: {exc}", file=sys.stderr)
+        sys.exit(Exit.ERROR)
+    except Exception as exc:
+        if not type(exc).__module__.lstrip("_").startswith("duckdb"):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"fleetstate: error: {first}", file=sys.stderr)
+        sys.exit(Exit.ERROR)
+    except KeyboardInterrupt:
+        print("fleetstate: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,59 @@
+"""`fleetstate demo`: the whole pipeline on a generated sample fleet, ages live.
+
+The sample is generated with its last collection at the current minute, so ages
+and staleness look as they would on a real fleet, then loaded by the real loader
+into a fresh warehouse. A warehouse holding real data is never overwritten.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline import load, report, samplefleet, views, warehouse
+from pipeline.errors import FleetstateError
+
+
+def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
+    _refuse_real_warehouse(db)
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    if mirror.exists():
+        shutil.rmtree(mirror)
+    summary = samplefleet.generate(mirror, end)
+    say(f"generated a sample fleet of {len(summary.hosts)} hosts in {mirror}")
+    warehouse.remove(db)
+    con = warehouse.connect(db)
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('made_by', 'demo')")
+    stats = load.load_mirror(con, mirror)
+    say(
+        f"loaded {stats.runs_added:,} runs, {stats.observations_added:,} observations, "
+        f"{stats.rejects_added} rejects (malformed lines kept in the rejects table) into {db}\n"
+    )
+    views.emit_status(report.status(con), "table")
+    print()
+    sha = summary.newest_sha
+    summary_frame, hosts = report.rollout(con, sha)
+    views.emit_rollout(summary_frame, hosts, "table")
+    say(
+        "\nnext: fleetstate status --filter 'applied=N|?'   fleetstate rollout "
+        f"{sha[:7]}   fleetstate drift   fleetstate sql 'SELECT * FROM rejects'"
+    )
+
+
+def _refuse_real_warehouse(db: Path) -> None:
+    if not db.exists():
+        return
+    con = warehouse.connect(db, read_only=True)
+    try:
+        made_by = con.execute("SELECT value FROM meta WHERE key = 'made_by'").fetchone()
+        runs = con.execute("SELECT count(*) FROM runs").fetchone()
+    except Exception:  # noqa: BLE001 -- an unreadable or foreign file is not ours to delete
+        made_by, runs = None, (1,)
+    finally:
+        con.close()
+    if (made_by is None or made_by[0] != "demo") and runs and runs[0]:
+        raise FleetstateError(
+            f"{db} holds real data; run the demo elsewhere: fleetstate --db demo.duckdb demo"
+        )

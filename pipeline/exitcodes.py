@@ -1,0 +1,11 @@
+"""Process exit codes: the one list scripts and operators can rely on."""
+
+from enum import IntEnum
+
+
+class Exit(IntEnum):
+    OK = 0
+    ERROR = 1  # a clear one-line message on stderr
+    USAGE = 2
+    GATE = 3  # a --min threshold was not met
+    PARTIAL = 4  # ingest: some hosts could not be collected; the others were loaded

@@ -1,0 +1,393 @@
+"""Mirror -> warehouse: incremental, idempotent, atomic, lossless.
+
+Each input file has a byte cursor in `load_cursors`. New bytes up to the last
+newline are split into lines with numpy, handed to DuckDB as Arrow (no Python
+object per line) and parsed there by records.parse_sql. The rows of a batch
+and the advance of its cursors commit in one transaction, so a crash leaves
+the warehouse as it was before or after a batch, never between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from pipeline import records
+from pipeline.errors import FleetstateError
+
+HISTORY = "history.jsonl"
+OBSERVATIONS = "observations.jsonl"
+STATE_FILE = "last_run_metadata.json"
+# bytes of input per transaction; tests lower it to make many small transactions
+BATCH_BYTES = int(os.environ.get("FLEETSTATE_BATCH_BYTES", 64 << 20))
+HEAD_BYTES = 4096  # fingerprint of a file's start, to notice a replaced file
+SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
+
+
+class LoadError(FleetstateError):
+    """The mirror cannot be read (missing directory, unreadable file)."""
+
+
+@dataclass
+class LoadStats:
+    files: int = 0
+    bytes_read: int = 0
+    lines: int = 0
+    runs_added: int = 0
+    rejects_added: int = 0
+    observations_added: int = 0
+    pending_bytes: int = 0  # an unterminated final line, left for the next load
+
+    def merge(self, other: LoadStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Batch:
+    """Lines and rows waiting to be committed together."""
+
+    files: list[tuple[int, str, str, str]] = field(default_factory=list)
+    chunks: list[pa.Table] = field(default_factory=list)
+    raw_rejects: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    observations: list[dict[str, Any]] = field(default_factory=list)
+    obs_rejects: list[tuple[str, str, int, str, bytes]] = field(default_factory=list)
+    cursors: list[tuple[str, str, int, str]] = field(default_factory=list)
+    nbytes: int = 0
+    stats: LoadStats = field(default_factory=LoadStats)
+
+    def add_file(self, host: str, source: str, path: str) -> int:
+        self.files.append((len(self.files), host, source, path))
+        return len(self.files) - 1
+
+
+ProgressFn = Callable[[LoadStats], None]
+
+
+def discover(mirror_dir: Path, hosts: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(host, host directory) for every host directory in the mirror, sorted."""
+    if not mirror_dir.is_dir():
+        raise LoadError(f"mirror directory {mirror_dir} does not exist")
+    wanted = set(hosts) if hosts is not None else None
+    found = []
+    for d in sorted(mirror_dir.iterdir()):
+        if d.is_dir() and not d.name.startswith((".", "_")):
+            if wanted is None or d.name in wanted:
+                found.append((d.name, d))
+    return found
+
+
+def load_mirror(
+    con: duckdb.DuckDBPyConnection,
+    mirror_dir: Path,
+    hosts: list[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> LoadStats:
+    """Load every new byte of the mirror at `mirror_dir` into the warehouse behind `con`."""
+    total = LoadStats()
+    cursors = _read_cursors(con)
+    batch = Batch()
+    for host, hdir in discover(mirror_dir, hosts):
+        for path in (hdir / HISTORY, hdir / OBSERVATIONS, hdir / STATE_FILE):
+            if not path.is_file():
+                continue
+            batch.stats.files += 1
+            key = str(path.resolve())
+            for start, data in _new_chunks(path, cursors.get(key), batch.stats):
+                _stage(batch, host, path.name, key, start, data)
+                end = start + len(data)
+                batch.cursors.append((key, host, end, _head_sha(path, min(end, HEAD_BYTES))))
+                if batch.nbytes >= BATCH_BYTES:
+                    _commit(con, batch)
+                    total.merge(batch.stats)
+                    if progress:
+                        progress(total)
+                    batch = Batch()
+    _commit(con, batch)
+    total.merge(batch.stats)
+    if progress:
+        progress(total)
+    return total
+
+
+def _read_cursors(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str | None]]:
+    rows = con.execute("SELECT source_path, byte_offset, head_sha FROM load_cursors").fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def _head_sha(path: Path, upto: int) -> str:
+    with path.open("rb") as fh:
+        return hashlib.sha256(fh.read(upto)).hexdigest()
+
+
+def _new_chunks(
+    path: Path, cursor: tuple[int, str | None] | None, stats: LoadStats
+) -> Iterator[tuple[int, bytes]]:
+    """(offset, bytes) pieces after the cursor, each ending at a newline.
+
+    The state file is a whole document (often pretty-printed): it is read whole
+    whenever it changed, and its cursor is its size.
+    """
+    size = path.stat().st_size
+    offset, head = cursor if cursor else (0, None)
+    if offset > size or (offset and head != _head_sha(path, min(offset, HEAD_BYTES))):
+        offset = 0  # replaced or truncated: read again; run identity absorbs repeats
+    if path.name == STATE_FILE:
+        if offset != size or cursor is None:
+            data = path.read_bytes()
+            stats.bytes_read += len(data)
+            yield 0, data
+        return
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        carry = b""
+        while True:
+            piece = fh.read(BATCH_BYTES)
+            if not piece:
+                break
+            data = carry + piece
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            stats.bytes_read += cut
+            yield offset, data[:cut]
+            offset += cut
+            carry = data[cut:]
+        stats.pending_bytes += len(carry)
+
+
+def _stage(batch: Batch, host: str, name: str, key: str, start: int, data: bytes) -> None:
+    batch.nbytes += len(data)
+    if name == HISTORY:
+        idx = batch.add_file(host, "history", key)
+        batch.chunks.append(_lines_table(batch, idx, start, data))
+    elif name == STATE_FILE:
+        idx = batch.add_file(host, "state_file", key)
+        batch.chunks.append(_text_table(batch, idx, [(start, data)]))
+    else:
+        _stage_observations(batch, host, key, start, data)
+
+
+def _lines_table(batch: Batch, idx: int, start: int, data: bytes) -> pa.Table:
+    """Arrow table of the newline-terminated lines in `data`, without copying them."""
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
+    n = len(ends)
+    batch.stats.lines += n
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
+    offsets[1:] = ends
+    if data.isascii() or _is_utf8(data):
+        lines = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+        return pa.table(
+            {
+                "file_idx": pa.array(np.full(n, idx, dtype=np.int32)),
+                "byte_offset": pa.array(offsets[:-1] + start),
+                "line": lines,
+                "pre_reason": pa.nulls(n, pa.string()),
+            }
+        )
+    pieces = [(start + int(a), data[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    batch.stats.lines -= n  # counted again by _text_table
+    return _text_table(batch, idx, pieces)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _text_table(batch: Batch, idx: int, pieces: list[tuple[int, bytes]]) -> pa.Table:
+    """The slow path, for lines that may not be UTF-8: one Python object per line."""
+    texts: list[str] = []
+    reasons: list[str | None] = []
+    for off, raw in pieces:
+        try:
+            texts.append(raw.decode("utf-8"))
+            reasons.append(None)
+        except UnicodeDecodeError as exc:
+            texts.append("")
+            reasons.append(f"invalid UTF-8 at byte {exc.start}")
+            batch.raw_rejects[(idx, off)] = raw[:-1] if raw.endswith(b"\n") else raw
+    batch.stats.lines += len(pieces)
+    return pa.table(
+        {
+            "file_idx": pa.array([idx] * len(pieces), pa.int32()),
+            "byte_offset": pa.array([off for off, _ in pieces], pa.int64()),
+            "line": pa.array(texts, pa.large_string()),
+            "pre_reason": pa.array(reasons, pa.string()),
+        }
+    )
+
+
+def _stage_observations(batch: Batch, host: str, key: str, start: int, data: bytes) -> None:
+    from pipeline.observations import parse_observation
+
+    pos = start
+    for raw in data.splitlines(keepends=True):
+        batch.stats.lines += 1
+        obs, reason = parse_observation(raw, host)
+        if obs is None:
+            batch.obs_rejects.append((host, key, pos, reason or "invalid", raw.rstrip(b"\n")))
+        else:
+            obs["source_path"], obs["byte_offset"] = key, pos
+            batch.observations.append(obs)
+            for source, text in obs.pop("_embedded"):
+                idx = batch.add_file(host, source, f"{key}#{pos}:{source}")
+                batch.chunks.append(_text_table(batch, idx, [(pos, text.encode("utf-8"))]))
+        pos += len(raw)
+
+
+def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
+    """Parse the staged lines and write runs, rejects, observations and cursors in one transaction."""
+    if not batch.cursors:
+        return
+    now = datetime.now(UTC)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if batch.chunks:
+            _insert_runs(con, batch, now)
+        _insert_observations(con, batch, now)
+        con.executemany(
+            "INSERT OR REPLACE INTO load_cursors VALUES (?, ?, ?, ?, ?)",
+            [(k, h, off, head, now) for k, h, off, head in batch.cursors],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        for name in ("staged", "staged_files"):
+            try:
+                con.unregister(name)
+            except duckdb.Error:
+                pass
+
+
+def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
+    staged = pa.concat_tables(batch.chunks)
+    files = pa.table(
+        {
+            "file_idx": pa.array([f[0] for f in batch.files], pa.int32()),
+            "host": [f[1] for f in batch.files],
+            "source": [f[2] for f in batch.files],
+            "source_path": [f[3] for f in batch.files],
+        }
+    )
+    con.register("staged", staged)
+    con.register("staged_files", files)
+    con.execute("CREATE OR REPLACE TEMP TABLE parsed AS " + records.parse_sql("staged"))
+    cols = ", ".join(records.RUN_COLUMNS)
+    before = _count(con, "runs")
+    con.execute(
+        f"""
+        INSERT INTO runs ({cols}, loaded_at)
+        SELECT {cols}, ? FROM parsed p
+        WHERE reason IS NULL
+          AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.host = p.host AND r.run_id = p.run_id)
+        QUALIFY row_number() OVER (PARTITION BY host, run_id
+            ORDER BY CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
+                     byte_offset) = 1
+        """,  # noqa: S608 -- column names come from records.RUN_COLUMNS, not input
+        [now],
+    )
+    batch.stats.runs_added += _count(con, "runs") - before
+    bad = con.execute(
+        "SELECT host, source_path, byte_offset, reason, line, file_idx FROM parsed "
+        "WHERE reason IS NOT NULL"
+    ).fetchall()
+    rows = []
+    for host, path, off, reason, line, idx in bad:
+        raw = batch.raw_rejects.get((idx, off))
+        if raw is None:
+            raw = line.encode("utf-8")
+            raw = raw[:-1] if raw.endswith(b"\n") else raw
+        if reason == "invalid JSON":
+            reason = records.refine_json_reason(raw)
+        rows.append((host, path, off, reason, raw))
+    _insert_rejects(con, rows, now, batch.stats)
+    con.execute("DROP TABLE parsed")
+
+
+def _insert_rejects(
+    con: duckdb.DuckDBPyConnection,
+    rows: list[tuple[str, str, int, str, bytes]],
+    now: datetime,
+    stats: LoadStats,
+) -> None:
+    """Rejects keyed by (file, offset): re-reading a replaced file does not repeat them."""
+    if not rows:
+        return
+    table = pa.table(
+        {
+            "host": [r[0] for r in rows],
+            "source_path": [r[1] for r in rows],
+            "byte_offset": pa.array([r[2] for r in rows], pa.int64()),
+            "reason": [r[3] for r in rows],
+            "line": pa.array([r[4] for r in rows], pa.binary()),
+        }
+    )
+    con.register("reject_rows", table)
+    before = _count(con, "rejects")
+    con.execute(
+        """
+        INSERT INTO rejects
+        SELECT t.host, t.source_path, t.byte_offset, t.reason, t.line, ? FROM reject_rows t
+        WHERE NOT EXISTS (SELECT 1 FROM rejects r WHERE r.source_path = t.source_path
+                          AND r.byte_offset = t.byte_offset AND r.line = t.line)
+        """,
+        [now],
+    )
+    con.unregister("reject_rows")
+    stats.rejects_added += _count(con, "rejects") - before
+
+
+OBS_COLUMNS = (
+    "host", "observed_at", "reachable", "error", "os", "role", "override_present",
+    "override_sha", "vault_sha", "override_repo", "override_branch", "vault_status",
+    "uptime_s", "source_path", "byte_offset", "extra",
+)  # fmt: skip
+
+
+def _insert_observations(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
+    if batch.obs_rejects:
+        _insert_rejects(con, batch.obs_rejects, now, batch.stats)
+    if not batch.observations:
+        return
+    rows = [tuple(o.get(c) for c in OBS_COLUMNS) for o in batch.observations]
+    table = pa.table(
+        {c: [r[i] for r in rows] for i, c in enumerate(OBS_COLUMNS) if c != "observed_at"}
+        | {"observed_at": pa.array([o["observed_at"] for o in batch.observations],
+                                   pa.timestamp("us", tz="UTC"))}
+    )
+    con.register("obs_rows", table)
+    cols = ", ".join(OBS_COLUMNS)
+    before = _count(con, "observations")
+    con.execute(
+        f"""
+        INSERT INTO observations ({cols}, loaded_at)
+        SELECT {cols}, ? FROM obs_rows o
+        WHERE NOT EXISTS (SELECT 1 FROM observations x WHERE x.host = o.host
+                          AND x.observed_at = o.observed_at)
+        """,  # noqa: S608 -- fixed column names
+        [now],
+    )
+    con.unregister("obs_rows")
+    batch.stats.observations_added += _count(con, "observations") - before
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()  # noqa: S608 -- fixed names
+    return int(rows[0][0])

@@ -1,0 +1,269 @@
+"""Run records (contract schema v1): one input line -> a typed run, or a reject with a reason.
+
+The parser is SQL run by DuckDB over a whole batch of staged lines at once, so
+the loader runs at the speed of DuckDB's JSON reader rather than Python's. The
+field list below is the single description of the format: the SQL, the
+column list of `runs` and the docs all derive from it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+MAX_LINE_BYTES = 1 << 20  # a record is ~600 bytes; a 1 MiB line is not a record
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: str  # int | bool | str | sha1 | sha256 | timestamp
+    required: bool = False
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("schema_version", "int", required=True),
+    Field("ts", "timestamp", required=True),
+    Field("success", "bool", required=True),
+    Field("exit_code", "int"),
+    Field("git_repo", "str"),
+    Field("git_branch", "str"),
+    Field("git_sha", "sha1"),
+    Field("override_sha", "sha256"),
+    Field("vault_sha", "sha256"),
+    Field("override_path", "str"),
+    Field("role", "str"),
+    Field("duration_s", "int"),
+    # fields after duration_s are absent from records of older wrappers
+    Field("git_dirty", "bool"),
+    Field("vault_path", "str"),
+    Field("host", "str"),
+    Field("run_id", "str"),
+    Field("started_at", "timestamp"),
+    Field("attempt", "int"),
+    Field("stage", "str"),
+    Field("os", "str"),
+    Field("wrapper_version", "str"),
+)
+KNOWN = tuple(f.name for f in FIELDS)
+SEED_FIELDS = KNOWN[:12]
+
+_JSON_TYPES = {
+    "int": ("UBIGINT", "BIGINT"),
+    "bool": ("BOOLEAN",),
+    "str": ("VARCHAR",),
+    "sha1": ("VARCHAR",),
+    "sha256": ("VARCHAR",),
+    "timestamp": ("VARCHAR",),
+}
+_KIND_WORDS = {
+    "int": "an integer",
+    "bool": "true or false",
+    "str": "a string",
+    "sha1": "a 40-hex commit sha",
+    "sha256": "a 64-hex sha256",
+    "timestamp": "an ISO 8601 timestamp",
+}
+_FORMAT_RE = {
+    "sha1": "[0-9a-fA-F]{40}",
+    "sha256": "[0-9a-fA-F]{64}",
+    "timestamp": r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})",
+}
+# integer fields: (min, max) accepted
+_INT_RANGE = {
+    "schema_version": (1, 1),
+    "exit_code": (0, 255),
+    "duration_s": (0, 2**31 - 1),
+    "attempt": (1, 2**31 - 1),
+}
+_SQL_TYPE = {
+    "int": "INTEGER",
+    "bool": "BOOLEAN",
+    "str": "VARCHAR",
+    "sha1": "VARCHAR",
+    "sha256": "VARCHAR",
+    "timestamp": "TIMESTAMPTZ",
+}
+
+
+def _lit(text: str) -> str:
+    """A SQL string literal for fixed text from this module (never input)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _reason_sql(i: int, f: Field) -> str:
+    """SQL for the reason field `f` (list index i, 1-based) is invalid, or NULL."""
+    t, v = f"types[{i}]", f"vals[{i}]"
+    ok_types = ", ".join(_lit(t) for t in _JSON_TYPES[f.kind])
+    missing = (
+        f"WHEN {t} IS NULL THEN {_lit('missing required field ' + f.name)} "
+        f"WHEN {t} = 'NULL' THEN {_lit(f.name + ' is null')} "
+        if f.required
+        else f"WHEN {t} IS NULL OR {t} = 'NULL' OR ({t} = 'VARCHAR' AND {v} IN ('', 'null')) THEN NULL "
+    )
+    wrong = (
+        f"WHEN {t} NOT IN ({ok_types}) THEN "
+        f"{_lit(f.name + ': expected ' + _KIND_WORDS[f.kind] + ', got ')} || lower({t}) "
+    )
+    fmt = ""
+    if f.kind in _FORMAT_RE:
+        fmt = (
+            f"WHEN NOT regexp_full_match({v}, {_lit(_FORMAT_RE[f.kind])}) THEN "
+            f"{_lit(f.name + ': not ' + _KIND_WORDS[f.kind] + ': ')} || left({v}, 80) "
+        )
+        if f.kind == "timestamp":
+            fmt += (
+                f"WHEN try_cast({v} AS TIMESTAMPTZ) IS NULL THEN "
+                f"{_lit(f.name + ': impossible date or time: ')} || left({v}, 80) "
+            )
+    elif f.kind == "int":
+        lo, hi = _INT_RANGE[f.name]
+        what = "unsupported schema_version " if f.name == "schema_version" else f.name + ": "
+        fmt = (
+            f"WHEN try_cast({v} AS BIGINT) IS NULL OR try_cast({v} AS BIGINT) NOT BETWEEN {lo} AND {hi} "
+            f"THEN {_lit(what)} || {v} "
+            + ("" if f.name == "schema_version" else f"|| {_lit(f' (outside {lo}..{hi})')} ")
+        )
+    return f"CASE {missing}{wrong}{fmt}END"
+
+
+def _value_sql(i: int, f: Field) -> str:
+    """SQL for the typed value of field `f`; '' and 'null' strings read as NULL."""
+    v = f"vals[{i}]"
+    if f.kind in ("sha1", "sha256", "timestamp", "str") and not f.required:
+        v = f"nullif(nullif({v}, ''), 'null')"
+    if f.kind == "bool":
+        return f"({v} = 'true')"
+    if f.kind in ("sha1", "sha256"):
+        return f"lower({v})"
+    if f.kind == "int":
+        return f"TRY_CAST({v} AS INTEGER)"
+    if f.kind == "timestamp":
+        return f"TRY_CAST({v} AS TIMESTAMPTZ)"
+    return v
+
+
+def parse_sql(staged: str) -> str:
+    """A SELECT over `staged` (file_idx, byte_offset, line, pre_reason) joined to `staged_files`
+    (file_idx, host, source, source_path): every line with its typed columns and a reason
+    (NULL when the line is a valid run)."""
+    paths = "[" + ", ".join(_lit("$." + n) for n in KNOWN) + "]"
+    known_list = "[" + ", ".join(_lit(n) for n in KNOWN) + "]"
+    reasons = ",\n        ".join(_reason_sql(i + 1, f) for i, f in enumerate(FIELDS))
+    values = ",\n        ".join(
+        f"{_value_sql(i + 1, f)} AS {f.name if f.name != 'host' else 'reported_host'}"
+        for i, f in enumerate(FIELDS)
+    )
+    # identity of a record without run_id: its host and parsed seed fields, so the
+    # compact history line and the pretty-printed state file give the same run
+    canonical = "to_json([host, " + ", ".join(
+        "strftime(ts, '%Y-%m-%dT%H:%M:%S.%f')" if n == "ts" else f"CAST({n} AS VARCHAR)"
+        for n in SEED_FIELDS
+    ) + "])"
+    return f"""
+WITH checked AS (
+    SELECT s.file_idx, s.byte_offset, s.line,
+        CASE
+            WHEN s.pre_reason IS NOT NULL THEN s.pre_reason
+            WHEN sf.source = 'history' AND s.line IN ('', chr(10)) THEN 'empty line'
+            WHEN sf.source = 'history' AND octet_length(encode(s.line)) > {MAX_LINE_BYTES}
+                THEN 'line too long: ' || octet_length(encode(s.line)) || ' bytes (limit {MAX_LINE_BYTES})'
+            WHEN sf.source = 'history' AND starts_with(s.line, chr(65279)) THEN 'byte order mark at start of line'
+            WHEN sf.source = 'history' AND suffix(s.line, chr(13) || chr(10)) THEN 'CRLF line ending (history lines end with LF only)'
+            WHEN contains(s.line, chr(0)) THEN 'NUL byte in line'
+            WHEN NOT json_valid(s.line) THEN 'invalid JSON'
+            WHEN json_type(s.line) <> 'OBJECT' THEN 'not a JSON object: ' || lower(json_type(s.line))
+        END AS pre
+    FROM {staged} s JOIN staged_files sf USING (file_idx)
+), typed AS (
+    SELECT c.*,
+        CASE WHEN pre IS NULL THEN json_type(line, {paths}) END AS types,
+        CASE WHEN pre IS NULL THEN json_extract_string(line, {paths}) END AS vals,
+        CASE WHEN pre IS NULL THEN list_filter(json_keys(line), lambda k: NOT list_contains({known_list}, k)) END AS unknown_keys
+    FROM checked c
+), judged AS (
+    SELECT t.*,
+        coalesce(pre, nullif(concat_ws('; ',
+        {reasons}
+        ), '')) AS reason
+    FROM typed t
+), valued AS (
+    SELECT j.file_idx, sf.host, sf.source, sf.source_path, j.byte_offset, j.line, j.reason,
+        CASE WHEN j.reason IS NULL AND len(unknown_keys) > 0 THEN
+            to_json(map_from_entries(list_transform(unknown_keys, lambda k: {{'key': k,
+                'value': json_extract(line, '/' || replace(replace(k, '~', '~0'), '/', '~1'))}})))
+        END AS extra,
+        {values}
+    FROM judged j JOIN staged_files sf USING (file_idx)
+)
+SELECT * REPLACE (
+    CASE WHEN reason IS NULL THEN
+        coalesce(run_id, 'derived-' || left(sha256({canonical}), 32))
+    END AS run_id)
+FROM valued
+"""
+
+
+RUN_COLUMNS: tuple[str, ...] = (
+    "host", "run_id", "ts", "started_at", "duration_s", "success", "exit_code", "role",
+    "git_repo", "git_branch", "git_sha", "git_dirty", "override_sha", "override_path",
+    "vault_sha", "vault_path", "stage", "attempt", "os", "reported_host", "wrapper_version",
+    "schema_version", "source", "source_path", "byte_offset", "extra",
+)  # fmt: skip
+
+
+def refine_json_reason(raw: bytes) -> str:
+    """Python's decoder names the position of a JSON syntax error; DuckDB's check only says no."""
+    try:
+        json.loads(raw)
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 at byte {exc.start}"
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON: {exc.msg} at column {exc.colno}"
+    except ValueError as exc:
+        return f"invalid JSON: {exc}"
+    return "invalid JSON"
+
+
+_YAML_KEY = re.compile(r"^(\s*)([A-Za-z_]+):\s*(.*?)\s*$")
+
+
+def legacy_summary_record(text: str) -> dict[str, object] | None:
+    """Puppet's last_run_summary.yaml -> a schema-v1 record, or None when it has no run time.
+
+    Only `time.last_run`, `events.failure`, `resources.failed` and `version.config`
+    are read; a tiny reader for that flat two-level shape avoids a YAML dependency.
+    """
+    section, values = "", {}
+    for line in text.splitlines():
+        m = _YAML_KEY.match(line)
+        if not m:
+            continue
+        indent, key, value = m.groups()
+        if not indent:
+            section = key
+        else:
+            values[f"{section}.{key}"] = value.strip("'\"")
+    try:
+        last_run = int(float(values["time.last_run"]))
+    except (KeyError, ValueError):
+        return None
+    from datetime import UTC, datetime
+
+    failures = sum(
+        int(values.get(k, "0")) if values.get(k, "0").isdigit() else 1
+        for k in ("events.failure", "resources.failed")
+    )
+    config = values.get("version.config") or None
+    is_sha = bool(config and re.fullmatch(r"[0-9a-fA-F]{40}", config))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "ts": datetime.fromtimestamp(last_run, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "success": failures == 0,
+        "exit_code": None,
+        "git_sha": config.lower() if is_sha and config else None,
+        "stage": "puppet",
+        "legacy_config_version": config,
+    }

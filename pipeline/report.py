@@ -1,0 +1,140 @@
+"""The questions operators ask, as queries over the warehouse, answered as polars DataFrames.
+
+Rendering (table, json, csv) lives in render.py; this module only asks.
+"""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+import polars as pl
+
+from pipeline.errors import FleetstateError
+
+_HEX = re.compile(r"[0-9a-fA-F]{7,40}")
+_SINCE = re.compile(r"(\d+)\s*([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> int:
+    """'30d', '12h', '1w', '2d12h' -> seconds."""
+    parts = _SINCE.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text.lower()):
+        raise FleetstateError(f"not a duration: {text!r} (examples: 45s, 20m, 12h, 30d, 2w)")
+    return sum(int(n) * _UNIT_S[u] for n, u in parts)
+
+
+def status(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """host_state, one row per host, with ages in seconds for filtering and display."""
+    return _frame(con, 
+        """
+        SELECT *, CAST(epoch(now()) - epoch(last_seen) AS BIGINT) AS last_seen_age_s
+        FROM host_state ORDER BY role NULLS LAST, host
+        """
+    )
+
+
+def resolve_sha(con: duckdb.DuckDBPyConnection, prefix: str) -> str:
+    """A full sha from a unique prefix of 7+ hex digits of a commit seen in runs or the graph."""
+    if not _HEX.fullmatch(prefix):
+        raise FleetstateError(f"not a commit sha or prefix of 7+ hex digits: {prefix!r}")
+    rows = con.execute(
+        """
+        SELECT sha FROM (
+            SELECT DISTINCT git_sha AS sha FROM runs WHERE git_sha IS NOT NULL
+            UNION SELECT sha FROM git_commits
+        ) WHERE starts_with(sha, lower(?)) ORDER BY sha LIMIT 6
+        """,
+        [prefix],
+    ).fetchall()
+    if not rows:
+        raise FleetstateError(f"no commit starting with {prefix} has been seen in the fleet")
+    if len(rows) > 1:
+        names = ", ".join(r[0][:12] for r in rows[:5])
+        raise FleetstateError(f"{prefix} is ambiguous: it starts {names}{' ...' if len(rows) > 5 else ''}")
+    return str(rows[0][0])
+
+
+def rollout(
+    con: duckdb.DuckDBPyConnection, sha: str, role: str | None = None, stale_hours: int = 24
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(summary one-row frame, per-host frame) for a full sha, optionally one role."""
+    hosts = _frame(con, 
+        """
+        SELECT * FROM rollout(?, stale_hours := ?)
+        WHERE ? IS NULL OR role = ?
+        ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'regressed' THEN 1 WHEN 'unreported' THEN 2
+                             WHEN 'pending' THEN 3 ELSE 4 END, host
+        """,
+        [sha, stale_hours, role, role],
+    )
+    summary = _frame(con, 
+        """
+        SELECT ? AS sha, count(*) AS hosts,
+            count(*) FILTER (WHERE status = 'converged') AS converged,
+            count(*) FILTER (WHERE status = 'failed') AS failed,
+            count(*) FILTER (WHERE status = 'pending') AS pending,
+            count(*) FILTER (WHERE status = 'regressed') AS regressed,
+            count(*) FILTER (WHERE status = 'unreported') AS unreported,
+            round(100.0 * count(*) FILTER (WHERE status = 'converged') / nullif(count(*), 0), 1)
+                AS pct_converged,
+            (SELECT min(ts) FROM runs WHERE git_sha = ?) AS first_seen
+        FROM rollout(?, stale_hours := ?) WHERE ? IS NULL OR role = ?
+        """,
+        [sha, sha, sha, stale_hours, role, role],
+    )
+    return summary, hosts
+
+
+def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.DataFrame:
+    """The runs of one host, newest first."""
+    known = con.execute(
+        "SELECT count(*) FROM (SELECT host FROM runs WHERE host = ? UNION "
+        "SELECT host FROM observations WHERE host = ?)",
+        [host, host],
+    ).fetchone()
+    if not known or not known[0]:
+        raise FleetstateError(f"host {host!r} is not in the warehouse")
+    return _frame(con, 
+        """
+        SELECT ts, success, exit_code, stage, git_sha, git_branch, role, duration_s,
+               override_sha, vault_sha, git_dirty, attempt, source, run_id
+        FROM runs WHERE host = ? ORDER BY ts DESC LIMIT ?
+        """,
+        [host, limit],
+    )
+
+
+def drift(con: duckdb.DuckDBPyConnection, since_s: int, role: str | None = None) -> pl.DataFrame:
+    """drift_daily for the days within `since_s` seconds of now."""
+    return _frame(con, 
+        """
+        SELECT * FROM drift_daily
+        WHERE day >= CAST(now() - to_seconds(?) AS DATE) AND (? IS NULL OR role = ?)
+        ORDER BY day, role
+        """,
+        [since_s, role, role],
+    )
+
+
+def sql(con: duckdb.DuckDBPyConnection, query: str) -> pl.DataFrame:
+    try:
+        rel = con.sql(query)
+    except duckdb.Error as exc:
+        raise FleetstateError(_one_line(exc)) from exc
+    if rel is None:
+        return pl.DataFrame()
+    try:
+        return rel.pl()
+    except duckdb.Error as exc:
+        raise FleetstateError(_one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _frame(con: duckdb.DuckDBPyConnection, query: str, params: list[object] | None = None) -> pl.DataFrame:
+    return con.sql(query, params=params).pl()
