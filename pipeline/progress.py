@@ -74,3 +74,6 @@ def print_summary(result: FleetResult, console: Console | None = None) -> None:
     )
     for host, error in sorted(result.hosts_failed.items()):
         console.print(f"  [red]failed[/] {host}: {error}", soft_wrap=True)
+
+
+make_progress = make_progress_printer  # the name the CLI imports

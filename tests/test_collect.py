@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from sshfleet import HISTORY, Fleet, SimHost, lines, record, skip_reason  # noqa: E402
 
+from pipeline import warehouse  # noqa: E402
 from pipeline.collect import CollectOptions, FleetResult, collect_fleet  # noqa: E402
+from pipeline.load import load_mirror  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
 
 SKIP = skip_reason()
@@ -443,7 +445,69 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_mirror(fleet: Fleet, tmp_path:
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    killed_db = warehouse.connect(tmp_path / "killed.duckdb")
+    load_mirror(killed_db, killed)  # worst case: a load sees the half-written mirror
     assert collect(fleet, killed, KILLABLE, retries=0).hosts_ok
     assert collect(fleet, clean, KILLABLE, retries=0).hosts_ok
     assert _comparable(killed) == _comparable(clean)
     assert mirrored(clean, "big") == host(fleet, "big").path(HISTORY).read_bytes()
+    load_mirror(killed_db, killed)
+    clean_db = warehouse.connect(tmp_path / "clean.duckdb")
+    load_mirror(clean_db, clean)
+    assert _warehouse(killed_db) == _warehouse(clean_db)
+    assert len(_warehouse(clean_db)["runs"]) > 300
+
+
+def _warehouse(con: Any) -> dict[str, Any]:
+    runs = con.execute("SELECT host, run_id, ts, source, success, git_sha FROM runs "
+                       "ORDER BY ALL").fetchall()
+    latest = con.execute(
+        "SELECT host, reachable, error, os, role, override_sha, vault_sha FROM observations "
+        "QUALIFY row_number() OVER (PARTITION BY host ORDER BY observed_at DESC) = 1 "
+        "ORDER BY host").fetchall()
+    rejects = con.execute("SELECT DISTINCT host, reason, line FROM rejects ORDER BY ALL").fetchall()
+    return {"runs": runs, "latest": latest, "rejects": rejects}
+
+
+# --- end to end through the command line --------------------------------------------------
+
+
+def test_cli_ingest_collects_then_loads_and_exits_4_on_partial_failure(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("# fqdn: .fleet.test\nlegacy\nmac\ndown\nmac.fleet.test\n")
+    db = tmp_path / "wh.duckdb"
+    args = ["--db", str(db), "ingest", str(hosts), "--mirror", str(tmp_path / "mirror"),
+            "--ssh-config", str(fleet.ssh_config), "--known-hosts", str(fleet.known_hosts),
+            "--timeout", "10"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 4, result.output
+    con = warehouse.connect(db)
+    by_host = dict(con.execute("SELECT host, count(*) FROM runs GROUP BY host").fetchall())
+    assert by_host[fqdn("mac")] == len(mirrored(tmp_path / "mirror", "mac").splitlines()) + 1
+    assert by_host[fqdn("legacy")] == 1  # from last_run_summary.yaml
+    assert con.execute("SELECT source FROM runs WHERE host = ?", [fqdn("legacy")]).fetchone() == (
+        "legacy_summary",)
+    down = con.execute("SELECT reachable, error FROM observations WHERE host = ?",
+                       [fqdn("down")]).fetchall()
+    assert down[0][0] is False and "refused" in down[0][1]
+
+
+def test_hostile_history_content_and_mirror_path_stay_data(fleet: Fleet, tmp_path: Path) -> None:
+    pwned = tmp_path / "pwned"
+    evil = json.dumps(record("2026-02-01T00:00:00Z", role=f"'$(touch {pwned})'`touch {pwned}`",
+                             run_id=f"\"; touch {pwned}; \n")) + "\n"
+    h = host(fleet, "rename")
+    h.append(HISTORY, evil.encode())
+    mirror = tmp_path / f"m i$(touch {pwned})'r`x`"
+    assert collect(fleet, mirror, ["rename"]).hosts_ok
+    h.append(HISTORY, lines(1, start=4000))
+    assert collect(fleet, mirror, ["rename"]).per_host[fqdn("rename")].history_bytes > 0
+    rotated = h.path(HISTORY + ".1").read_bytes()  # a fresh mirror starts with the .1 file
+    assert mirrored(mirror, "rename") == rotated + h.path(HISTORY).read_bytes()
+    assert not pwned.exists()
