@@ -417,6 +417,19 @@ collect_fleet(hosts, Mirror(Path(mirror)), CollectOptions(ssh_config=Path(cfg),
 """
 
 
+def _unfinished(mirror: Path, hosts: list[str]) -> bool:
+    """Some host has no committed collection yet, or bytes past its committed cursor."""
+    for h in hosts:
+        cursor = mirror / h / ".cursor.json"
+        if not cursor.exists():
+            return True
+        c = json.loads(cursor.read_text())
+        hist = mirror / h / "history.jsonl"
+        if hist.exists() and hist.stat().st_size != c["history_size"]:
+            return True
+    return False
+
+
 def _comparable(mirror: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for short in KILLABLE:
@@ -431,6 +444,7 @@ def _comparable(mirror: Path) -> dict[str, Any]:
 def test_kill_9_mid_run_then_rerun_gives_the_same_mirror(fleet: Fleet, tmp_path: Path) -> None:
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     hosts = [fqdn(n) for n in KILLABLE]
+    interrupted = []
     for attempt in range(3):  # each round kills at a different point of the run
         proc = subprocess.Popen(
             [sys.executable, "-c", COLLECTOR, str(fleet.ssh_config), str(fleet.known_hosts),
@@ -439,12 +453,14 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_mirror(fleet: Fleet, tmp_path:
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.poll() is None:
-            big = killed / fqdn("big") / "history.jsonl"
-            if big.exists() and big.stat().st_size > attempt * 300_000:
+            done = list(killed.glob("*/.cursor.json"))
+            if len(done) > attempt * 2 or (attempt == 0 and (killed / fqdn("big")).exists()):
                 break
-            time.sleep(0.005)
+            time.sleep(0.002)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        interrupted.append(proc.returncode == -signal.SIGKILL and _unfinished(killed, hosts))
+    assert any(interrupted), "no kill landed mid-run"
     killed_db = warehouse.connect(tmp_path / "killed.duckdb")
     load_mirror(killed_db, killed)  # worst case: a load sees the half-written mirror
     assert collect(fleet, killed, KILLABLE, retries=0).hosts_ok
