@@ -126,8 +126,17 @@ def collect_fleet(
     emit = progress or (lambda event: None)
 
     def event(kind: str, host: str | None = None, error: str | None = None) -> None:
-        emit(ProgressEvent(kind, len(hosts), len(result.per_host), len(result.hosts_failed),
-                           result.bytes_pulled, host, error))
+        emit(
+            ProgressEvent(
+                kind,
+                len(hosts),
+                len(result.per_host),
+                len(result.hosts_failed),
+                result.bytes_pulled,
+                host,
+                error,
+            )
+        )
 
     event("start")
     with mirror.locked(), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
@@ -151,7 +160,9 @@ def collect_fleet(
     return result
 
 
-def collect_host(host: str, mirror: Mirror, options: CollectOptions, target: SshTarget) -> HostResult:
+def collect_host(
+    host: str, mirror: Mirror, options: CollectOptions, target: SshTarget
+) -> HostResult:
     """One host: run the script (with retries), then mirror, then commit the cursor."""
     started = time.monotonic()
     deadline = started + options.host_timeout
@@ -164,9 +175,10 @@ def collect_host(host: str, mirror: Mirror, options: CollectOptions, target: Ssh
         hr.report_bytes = len(out)
         pull = interpret(parse_sections(out), cursor.window)
         mirror.append_history(host, pull.history)
-        mirror.append_observation(host, observation(host, facts=pull.facts,
-                                                     history_bytes=len(pull.history),
-                                                     mode=pull.mode))
+        mirror.append_observation(
+            host,
+            observation(host, facts=pull.facts, history_bytes=len(pull.history), mode=pull.mode),
+        )
         mirror.save_cursor(host, Cursor(pull.inode, pull.offset, pull.window))
         hr.ok, hr.history_bytes, hr.mode = True, len(pull.history), pull.mode
     except Exception as exc:  # every failure becomes an observation, never a crash
@@ -190,9 +202,21 @@ def observation(
 ) -> dict[str, Any]:
     """One line of observations.jsonl (the mirror layout's keys, then extras)."""
     f = facts or {}
-    keys = ("os", "role", "override_present", "override_sha", "vault_sha", "override_repo",
-            "override_branch", "vault_status", "uptime_s", "state_file", "state_file_path",
-            "legacy_summary", "legacy_summary_path")
+    keys = (
+        "os",
+        "role",
+        "override_present",
+        "override_sha",
+        "vault_sha",
+        "override_repo",
+        "override_branch",
+        "vault_status",
+        "uptime_s",
+        "state_file",
+        "state_file_path",
+        "legacy_summary",
+        "legacy_summary_path",
+    )
     obs: dict[str, Any] = {
         "host": host,
         "observed_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -302,8 +326,10 @@ def describe_error(exc: BaseException, target: SshTarget, options: CollectOption
     if isinstance(exc, HostKeyError):
         return str(exc)
     if isinstance(exc, paramiko.AuthenticationException):
-        return (f"authentication failed for {where}: no key from ssh-agent or IdentityFile "
-                f"was accepted ({exc})")
+        return (
+            f"authentication failed for {where}: no key from ssh-agent or IdentityFile "
+            f"was accepted ({exc})"
+        )
     if isinstance(exc, ConnectionRefusedError | paramiko.ssh_exception.NoValidConnectionsError):
         return f"connection refused by {where}"
     if isinstance(exc, TimeoutError | socket.timeout):
@@ -391,14 +417,16 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
     def __init__(self, path: Path, accept_new: bool) -> None:
         self.path, self.accept_new = path, accept_new
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         if not self.accept_new:
             raise HostKeyError(
                 f"unknown host key for {hostname} ({key.get_name()} {key.fingerprint}): not in "
                 f"{self.path}; check it and add it (ssh-keyscan, or ssh once), "
                 "or re-run with --accept-new-host-keys"
             )
-        entry = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line()
+        entry = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line() or ""
         with _KNOWN_HOSTS_LOCK:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -434,8 +462,12 @@ def _open_socket(target: SshTarget, options: CollectOptions, closers: list[Any])
 def _open_hop(target: SshTarget, via: paramiko.Transport | None, options: CollectOptions) -> Any:
     if via is None:
         return socket.create_connection((target.hostname, target.port), options.connect_timeout)
-    return via.open_channel("direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
-                            timeout=options.connect_timeout)
+    return via.open_channel(
+        "direct-tcpip",
+        (target.hostname, target.port),
+        ("127.0.0.1", 0),
+        timeout=options.connect_timeout,
+    )
 
 
 def _handshake(
@@ -449,10 +481,19 @@ def _handshake(
     client.set_missing_host_key_policy(_KnownHostsPolicy(known, options.accept_new_host_keys))
     t = options.connect_timeout
     try:
-        client.connect(target.hostname, target.port, username=target.user,
-                       key_filename=list(target.identity_files) or None, timeout=t,
-                       allow_agent=True, look_for_keys=not target.identities_only, sock=sock,
-                       banner_timeout=t, auth_timeout=t, channel_timeout=t)
+        client.connect(
+            target.hostname,
+            target.port,
+            username=target.user,
+            key_filename=list(target.identity_files) or None,  # type: ignore[arg-type]
+            timeout=t,
+            allow_agent=True,
+            look_for_keys=not target.identities_only,
+            sock=sock,
+            banner_timeout=t,
+            auth_timeout=t,
+            channel_timeout=t,
+        )
     except paramiko.BadHostKeyException as exc:
         name = target.known_hosts_name
         raise HostKeyError(

@@ -84,15 +84,23 @@ class Mirror:
         if _size(d / HISTORY) < cursor.history_size:
             # The mirror lost bytes the cursor covers (deleted by hand): pull again.
             cursor = Cursor(observations_size=cursor.observations_size)
-        cursor = Cursor(cursor.inode, cursor.offset, cursor.window, cursor.history_size,
-                        min(_size(d / OBSERVATIONS), cursor.observations_size))
+        cursor = Cursor(
+            cursor.inode,
+            cursor.offset,
+            cursor.window,
+            cursor.history_size,
+            min(_size(d / OBSERVATIONS), cursor.observations_size),
+        )
         self.truncate_uncommitted(host, cursor)
         return cursor
 
     def truncate_uncommitted(self, host: str, cursor: Cursor) -> None:
         """Cut appends made after `cursor` was committed (a run that died or failed)."""
         d = self.host_dir(host)
-        for name, size in ((HISTORY, cursor.history_size), (OBSERVATIONS, cursor.observations_size)):
+        for name, size in (
+            (HISTORY, cursor.history_size),
+            (OBSERVATIONS, cursor.observations_size),
+        ):
             if _size(d / name) > size:
                 _truncate(d / name, size)
 
@@ -109,8 +117,9 @@ class Mirror:
     def save_cursor(self, host: str, cursor: Cursor) -> Cursor:
         """Commit `cursor` together with the current (already fsynced) mirror sizes."""
         d = self.host_dir(host)
-        committed = Cursor(cursor.inode, cursor.offset, cursor.window,
-                           _size(d / HISTORY), _size(d / OBSERVATIONS))
+        committed = Cursor(
+            cursor.inode, cursor.offset, cursor.window, _size(d / HISTORY), _size(d / OBSERVATIONS)
+        )
         tmp = d / (CURSOR + ".tmp")
         with open(tmp, "w") as fh:
             json.dump(committed.to_json(), fh)

@@ -47,12 +47,17 @@ class ProgressPrinter:
     def __call__(self, event: ProgressEvent) -> None:
         if event.kind == "start":
             self.progress.start()
-            self.task = self.progress.add_task("hosts", total=event.total, failed=0,
-                                               pulled=human_bytes(0))
+            self.task = self.progress.add_task(
+                "hosts", total=event.total, failed=0, pulled=human_bytes(0)
+            )
             return
         if self.task is not None:
-            self.progress.update(self.task, completed=event.done, failed=event.failed,
-                                 pulled=human_bytes(event.bytes_pulled))
+            self.progress.update(
+                self.task,
+                completed=event.done,
+                failed=event.failed,
+                pulled=human_bytes(event.bytes_pulled),
+            )
         if event.kind == "host" and event.error:
             self.progress.console.print(f"[red]{event.host}[/]: {event.error}", soft_wrap=True)
         if event.kind == "finish":

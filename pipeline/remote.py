@@ -33,7 +33,8 @@ fsize() { n=$(wc -c <"$1" 2>/dev/null | tr -d ' \t') || n=0; echo "${n:-0}"; }
 bsec() {
   printf '@%s %d\n' "$1" "$4"
   if [ "$4" -gt 0 ]; then
-    { tail -c +"$(($3 + 1))" "$2" 2>/dev/null | head -c "$4"; head -c "$4" /dev/zero; } | head -c "$4"
+    { tail -c +"$(($3 + 1))" "$2" 2>/dev/null | head -c "$4"; head -c "$4" /dev/zero; } |
+      head -c "$4"
   fi
   printf '\n'
 }
@@ -68,7 +69,8 @@ sec uptime "$up"
 sec override_path "$OVR"
 if [ -f "$OVR" ]; then
   sec override_sha "$(hash1 "$OVR")"
-  sec override_kv "$(grep -E '^[[:space:]]*(export[[:space:]]+)?PUPPET_(REPO|BRANCH)=' "$OVR" 2>/dev/null)"
+  kv=$(grep -E '^[[:space:]]*(export[[:space:]]+)?PUPPET_(REPO|BRANCH)=' "$OVR" 2>/dev/null)
+  sec override_kv "$kv"
 fi
 sec vault_path "$V"
 vs=; vh=

@@ -59,7 +59,7 @@ MAC_SHIMS = {
     "shasum": '#!/bin/sh\n[ "$1" = -a ] && shift 2\nexec /usr/bin/sha256sum "$@"\n',
     "sysctl": (
         "#!/bin/sh\nread -r up _ </proc/uptime\n"
-        'echo "{ sec = $(($(/usr/bin/date +%s) - ${up%%.*})), usec = 0 } Mon Jan  5 10:00:00 2026"\n'
+        'echo "{ sec = $(($(/usr/bin/date +%s) - ${up%%.*})), usec = 0 } Mon Jan  5 10:00:00"\n'
     ),
 }
 MAC_TOOLS = ["sh", "cat", "wc", "tr", "tail", "head", "sed", "grep", "id", "date", "cksum", "cut"]
@@ -73,8 +73,9 @@ def skip_reason() -> str | None:
     for tool in (SSHD, shutil.which("unshare"), shutil.which("ssh-keygen")):
         if not tool or not os.access(tool, os.X_OK):
             return f"missing tool: {tool or 'unshare/ssh-keygen'}"
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True
+    )
     if probe.returncode != 0:
         return f"unshare -m does not work here: {probe.stderr.decode().strip()}"
     return None
@@ -87,20 +88,38 @@ def free_port() -> int:
 
 
 def keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)], check=True
+    )
     return path.with_suffix(".pub").read_text().split()[1]
 
 
-def record(ts: str, sha: str = "a" * 40, success: bool = True, **extra: object) -> dict[str, object]:
+def record(
+    ts: str, sha: str = "a" * 40, success: bool = True, **extra: object
+) -> dict[str, object]:
     """A schema v1 run record, as the wrapper writes it."""
     rec: dict[str, object] = {
-        "schema_version": 1, "ts": ts, "success": success, "exit_code": 0 if success else 1,
-        "git_repo": "https://example.com/puppet.git", "git_branch": "main", "git_sha": sha,
-        "override_sha": None, "vault_sha": None, "override_path": "/etc/puppet/ronin_settings",
-        "role": "worker", "duration_s": 30, "git_dirty": False, "vault_path": "/root/vault.yaml",
-        "host": "sim", "run_id": str(uuid.uuid4()), "started_at": ts, "attempt": 1,
-        "stage": "puppet", "os": "Linux", "wrapper_version": "test",
+        "schema_version": 1,
+        "ts": ts,
+        "success": success,
+        "exit_code": 0 if success else 1,
+        "git_repo": "https://example.com/puppet.git",
+        "git_branch": "main",
+        "git_sha": sha,
+        "override_sha": None,
+        "vault_sha": None,
+        "override_path": "/etc/puppet/ronin_settings",
+        "role": "worker",
+        "duration_s": 30,
+        "git_dirty": False,
+        "vault_path": "/root/vault.yaml",
+        "host": "sim",
+        "run_id": str(uuid.uuid4()),
+        "started_at": ts,
+        "attempt": 1,
+        "stage": "puppet",
+        "os": "Linux",
+        "wrapper_version": "test",
     }
     rec.update(extra)
     return rec
@@ -110,8 +129,10 @@ def lines(n: int, start: int = 0, pad: int = 0) -> bytes:
     """`n` history lines; `pad` adds a filler field to make lines bigger."""
     out = []
     for i in range(start, start + n):
-        rec = record(f"2026-01-{1 + i // 1440 % 28:02d}T{i // 60 % 24:02d}:{i % 60:02d}:00Z",
-                     run_id=f"run-{i:06d}")
+        rec = record(
+            f"2026-01-{1 + i // 1440 % 28:02d}T{i // 60 % 24:02d}:{i % 60:02d}:00Z",
+            run_id=f"run-{i:06d}",
+        )
         if pad:
             rec["filler"] = "x" * pad
         out.append(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
@@ -156,8 +177,15 @@ class SimHost:
 
     def prepare(self, user_key_pub: str) -> None:
         r = self.root
-        for d in ("ns/etc_up/ssh", "ns/etc_up/puppet", "ns/etc_up/fleetsim/bin", "ns/etc_work",
-                  "ns/var_up/root", "ns/var_work", *(f"fs/{s}" for s in _MOUNTS.values())):
+        for d in (
+            "ns/etc_up/ssh",
+            "ns/etc_up/puppet",
+            "ns/etc_up/fleetsim/bin",
+            "ns/etc_work",
+            "ns/var_up/root",
+            "ns/var_work",
+            *(f"fs/{s}" for s in _MOUNTS.values()),
+        ):
             (r / d).mkdir(parents=True, exist_ok=True)
         (r / "fs/puppet_role").rmdir()
         (r / "fs/puppet_role").write_text("")
@@ -204,9 +232,20 @@ class SimHost:
     def start(self) -> None:
         log = open(self.root / "sshd.log", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", NAMESPACE_SCRIPT, "sh",
-             str(self.root)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                NAMESPACE_SCRIPT,
+                "sh",
+                str(self.root),
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         wait_for_banner(self.port, self.proc, self.root / "sshd.log")
 
@@ -228,13 +267,17 @@ def _script(path: Path, text: str) -> None:
 
 def _add_user(etc_up: Path, user: str) -> None:
     (etc_up / "passwd").write_text(
-        Path("/etc/passwd").read_text() + f"{user}:x:4242:4242:{user}:/tmp:/bin/sh\n")
+        Path("/etc/passwd").read_text() + f"{user}:x:4242:4242:{user}:/tmp:/bin/sh\n"
+    )
     (etc_up / "shadow").write_text(
-        Path("/etc/shadow").read_text() + f"{user}:*:19000:0:99999:7:::\n")
+        Path("/etc/shadow").read_text() + f"{user}:*:19000:0:99999:7:::\n"
+    )
     (etc_up / "group").write_text(Path("/etc/group").read_text() + f"{user}:x:4242:\n")
 
 
-def wait_for_banner(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 10) -> None:
+def wait_for_banner(
+    port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 10
+) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -278,12 +321,17 @@ class Fleet:
         self.write_client_files()
 
     def write_client_files(self, extra_config: str = "") -> None:
-        self.known_hosts.write_text("".join(
-            f"[127.0.0.1]:{h.port} ssh-ed25519 {h.host_key()}\n" for h in self.hosts.values()))
+        self.known_hosts.write_text(
+            "".join(
+                f"[127.0.0.1]:{h.port} ssh-ed25519 {h.host_key()}\n" for h in self.hosts.values()
+            )
+        )
         cfg = [extra_config]
         for h in self.hosts.values():
-            cfg.append(f"Host {h.name}\n  HostName 127.0.0.1\n  Port {h.port}\n  User {h.user}\n"
-                       f"  IdentityFile {self.user_key}\n")
+            cfg.append(
+                f"Host {h.name}\n  HostName 127.0.0.1\n  Port {h.port}\n  User {h.user}\n"
+                f"  IdentityFile {self.user_key}\n"
+            )
         self.ssh_config.write_text("\n".join(cfg))
 
     def stop(self) -> None:

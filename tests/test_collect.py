@@ -30,12 +30,24 @@ pytestmark = pytest.mark.skipif(SKIP is not None, reason=f"simulated fleet unava
 
 REPO = Path(__file__).resolve().parent.parent
 VAULT_SECRET = b"vault_password: hunter2-never-leaves-the-host\n"
-OVERRIDE = 'PUPPET_REPO="https://git.example.com/ops/puppet.git"\nexport PUPPET_BRANCH=\'canary\'\n'
-LEGACY = "---\nversion:\n  config: 1700000000\ntime:\n  last_run: 1700000000\nevents:\n  failure: 0\n"
+OVERRIDE = "PUPPET_REPO=\"https://git.example.com/ops/puppet.git\"\nexport PUPPET_BRANCH='canary'\n"
+LEGACY = (
+    "---\nversion:\n  config: 1700000000\ntime:\n  last_run: 1700000000\nevents:\n  failure: 0\n"
+)
 STATE = json.dumps(record("2026-01-05T10:00:00Z", run_id="state-1")) + "\n"
 
-NAMES = ["basic", "rename", "copytrunc", "reimage", "midline", "legacy", "mac", "ops", "big",
-         "down"]
+NAMES = [
+    "basic",
+    "rename",
+    "copytrunc",
+    "reimage",
+    "midline",
+    "legacy",
+    "mac",
+    "ops",
+    "big",
+    "down",
+]
 
 
 def fqdn(short: str) -> str:
@@ -78,15 +90,21 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def opts(fleet: Fleet, **kw: Any) -> CollectOptions:
-    base: dict[str, Any] = dict(ssh_config=fleet.ssh_config, known_hosts=fleet.known_hosts,
-                                connect_timeout=5, host_timeout=20, backoff=0.05)
+    base: dict[str, Any] = dict(
+        ssh_config=fleet.ssh_config,
+        known_hosts=fleet.known_hosts,
+        connect_timeout=5,
+        host_timeout=20,
+        backoff=0.05,
+    )
     base.update(kw)
     return CollectOptions(**base)
 
 
 def collect(fleet: Fleet, mirror: Path, names: list[str], **kw: Any) -> FleetResult:
-    return collect_fleet([fqdn(n) if "." not in n else n for n in names], Mirror(mirror),
-                         opts(fleet, **kw))
+    return collect_fleet(
+        [fqdn(n) if "." not in n else n for n in names], Mirror(mirror), opts(fleet, **kw)
+    )
 
 
 def mirrored(mirror: Path, short: str) -> bytes:
@@ -148,8 +166,11 @@ def test_incremental_collection_moves_only_new_bytes(fleet: Fleet, tmp_path: Pat
     # (handshakes differ by a few hundred bytes from one connection to the next)
     assert len(new) - 1024 <= extra_on_wire < len(new) * 1.1 + 1024
     assert mirrored(tmp_path, "basic") == h.path(HISTORY).read_bytes()
-    assert [o["history_bytes"] for o in observations(tmp_path, "basic")] == [len(lines(5)), 0,
-                                                                             len(new)]
+    assert [o["history_bytes"] for o in observations(tmp_path, "basic")] == [
+        len(lines(5)),
+        0,
+        len(new),
+    ]
 
 
 # --- rotation, reimage, torn lines -------------------------------------------------------
@@ -204,8 +225,11 @@ def test_reimaged_host_changed_key_refused_then_fresh_start(fleet: Fleet, tmp_pa
     err = r.hosts_failed[fqdn("reimage")]
     assert "CHANGED" in err and "ssh-keygen -R" in err and "reimaged" in err
     assert r.per_host[fqdn("reimage")].attempts == 1  # never retried
-    assert observations(tmp_path, "reimage")[-1] == {**observations(tmp_path, "reimage")[-1],
-                                                     "reachable": False, "error": err}
+    assert observations(tmp_path, "reimage")[-1] == {
+        **observations(tmp_path, "reimage")[-1],
+        "reachable": False,
+        "error": err,
+    }
     # the operator removes the old key and opts in to the new one
     name = f"[127.0.0.1]:{h.port}"
     old = fleet.known_hosts.read_text()
@@ -290,12 +314,21 @@ def test_hung_host_cannot_stall_the_run(fleet: Fleet, tmp_path: Path) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         port = silent.getsockname()[1]
-        cfg = fleet.ssh_config.read_text() + f"\nHost hung.fleet.test\n  HostName 127.0.0.1\n  Port {port}\n"
+        cfg = (
+            fleet.ssh_config.read_text()
+            + f"\nHost hung.fleet.test\n  HostName 127.0.0.1\n  Port {port}\n"
+        )
         fleet.ssh_config.write_text(cfg)
         try:
             t0 = time.monotonic()
-            r = collect(fleet, tmp_path, ["hung.fleet.test", "legacy"], connect_timeout=30,
-                        host_timeout=1.5, retries=5)
+            r = collect(
+                fleet,
+                tmp_path,
+                ["hung.fleet.test", "legacy"],
+                connect_timeout=30,
+                host_timeout=1.5,
+                retries=5,
+            )
             took = time.monotonic() - t0
         finally:
             fleet.write_client_files()
@@ -310,8 +343,9 @@ def test_unknown_host_key_refused_unless_accept_new(fleet: Fleet, tmp_path: Path
     err = r.hosts_failed[fqdn("legacy")]
     assert "unknown host key" in err and "--accept-new-host-keys" in err
     assert r.per_host[fqdn("legacy")].attempts == 1 and not kh.exists()
-    assert collect(fleet, tmp_path / "m", ["legacy"], known_hosts=kh,
-                   accept_new_host_keys=True).hosts_ok
+    assert collect(
+        fleet, tmp_path / "m", ["legacy"], known_hosts=kh, accept_new_host_keys=True
+    ).hosts_ok
     assert host(fleet, "legacy").host_key() in kh.read_text()
     assert collect(fleet, tmp_path / "m", ["legacy"], known_hosts=kh).hosts_ok
 
@@ -323,7 +357,8 @@ def test_auth_failure_is_not_retried(fleet: Fleet, tmp_path: Path) -> None:
     fleet.ssh_config.write_text(
         f"Host *.fleet.test\n  IdentityFile {tmp_path / 'stranger'}\n  IdentitiesOnly yes\n"
         + f"Host stranger.fleet.test\n  HostName 127.0.0.1\n  Port {host(fleet, 'legacy').port}\n"
-          "  User root\n")
+        "  User root\n"
+    )
     try:
         r = collect(fleet, tmp_path, ["stranger.fleet.test"], retries=3)
     finally:
@@ -345,8 +380,9 @@ def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fleet: Fleet) -> Iter
                 break
             time.sleep(0.02)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-        subprocess.run(["ssh-add", "-q", str(fleet.user_key)], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["ssh-add", "-q", str(fleet.user_key)], env=env, check=True, capture_output=True
+        )
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
         yield
     finally:
@@ -358,8 +394,10 @@ def test_ssh_config_proxyjump_proxycommand_and_agent(
     fleet: Fleet, tmp_path: Path, agent: None
 ) -> None:
     jump, target = host(fleet, "legacy"), host(fleet, "ops")
-    ssh = (f"ssh -F none -i {fleet.user_key} -o BatchMode=yes -o StrictHostKeyChecking=yes "
-           f"-o UserKnownHostsFile={fleet.known_hosts} -p {jump.port} -W %h:%p root@127.0.0.1")
+    ssh = (
+        f"ssh -F none -i {fleet.user_key} -o BatchMode=yes -o StrictHostKeyChecking=yes "
+        f"-o UserKnownHostsFile={fleet.known_hosts} -p {jump.port} -W %h:%p root@127.0.0.1"
+    )
     fleet.write_client_files(
         f"Host jumped.fleet.test\n  HostName 127.0.0.1\n  Port {target.port}\n  User ops\n"
         f"  IdentityFile {fleet.user_key}\n  ProxyJump {fqdn('legacy')}\n"
@@ -368,8 +406,9 @@ def test_ssh_config_proxyjump_proxycommand_and_agent(
         f"Host agent.fleet.test\n  HostName 127.0.0.1\n  Port {target.port}\n  User ops\n"
     )
     try:
-        r = collect(fleet, tmp_path, ["jumped.fleet.test", "proxied.fleet.test",
-                                      "agent.fleet.test"])
+        r = collect(
+            fleet, tmp_path, ["jumped.fleet.test", "proxied.fleet.test", "agent.fleet.test"]
+        )
     finally:
         fleet.write_client_files()
     assert r.hosts_failed == {}
@@ -379,14 +418,16 @@ def test_ssh_config_proxyjump_proxycommand_and_agent(
 
 def test_whole_fleet_concurrently(fleet: Fleet, tmp_path: Path) -> None:
     events: list[Any] = []
-    r = collect_fleet([fqdn(n) for n in NAMES], Mirror(tmp_path), opts(fleet, jobs=4),
-                      progress=events.append)
+    r = collect_fleet(
+        [fqdn(n) for n in NAMES], Mirror(tmp_path), opts(fleet, jobs=4), progress=events.append
+    )
     assert set(r.hosts_failed) == {fqdn("down")}
     assert len(r.hosts_ok) == len(NAMES) - 1
     assert [e.kind for e in events] == ["start"] + ["host"] * len(NAMES) + ["finish"]
     assert events[-1].done == len(NAMES) and events[-1].failed == 1
-    assert events[-1].bytes_pulled == r.bytes_pulled == sum(
-        len(mirrored(tmp_path, n)) for n in NAMES)
+    assert (
+        events[-1].bytes_pulled == r.bytes_pulled == sum(len(mirrored(tmp_path, n)) for n in NAMES)
+    )
     from io import StringIO
 
     from rich.console import Console
@@ -447,9 +488,17 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_mirror(fleet: Fleet, tmp_path:
     interrupted = []
     for attempt in range(3):  # each round kills at a different point of the run
         proc = subprocess.Popen(
-            [sys.executable, "-c", COLLECTOR, str(fleet.ssh_config), str(fleet.known_hosts),
-             str(killed), *hosts],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            [
+                sys.executable,
+                "-c",
+                COLLECTOR,
+                str(fleet.ssh_config),
+                str(fleet.known_hosts),
+                str(killed),
+                *hosts,
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and proc.poll() is None:
@@ -475,12 +524,14 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_mirror(fleet: Fleet, tmp_path:
 
 
 def _warehouse(con: Any) -> dict[str, Any]:
-    runs = con.execute("SELECT host, run_id, ts, source, success, git_sha FROM runs "
-                       "ORDER BY ALL").fetchall()
+    runs = con.execute(
+        "SELECT host, run_id, ts, source, success, git_sha FROM runs ORDER BY ALL"
+    ).fetchall()
     latest = con.execute(
         "SELECT host, reachable, error, os, role, override_sha, vault_sha FROM observations "
         "QUALIFY row_number() OVER (PARTITION BY host ORDER BY observed_at DESC) = 1 "
-        "ORDER BY host").fetchall()
+        "ORDER BY host"
+    ).fetchall()
     rejects = con.execute("SELECT DISTINCT host, reason, line FROM rejects ORDER BY ALL").fetchall()
     return {"runs": runs, "latest": latest, "rejects": rejects}
 
@@ -498,9 +549,20 @@ def test_cli_ingest_collects_then_loads_and_exits_4_on_partial_failure(
     hosts = tmp_path / "hosts.txt"
     hosts.write_text("# fqdn: .fleet.test\nlegacy\nmac\ndown\nmac.fleet.test\n")
     db = tmp_path / "wh.duckdb"
-    args = ["--db", str(db), "ingest", str(hosts), "--mirror", str(tmp_path / "mirror"),
-            "--ssh-config", str(fleet.ssh_config), "--known-hosts", str(fleet.known_hosts),
-            "--timeout", "10"]
+    args = [
+        "--db",
+        str(db),
+        "ingest",
+        str(hosts),
+        "--mirror",
+        str(tmp_path / "mirror"),
+        "--ssh-config",
+        str(fleet.ssh_config),
+        "--known-hosts",
+        str(fleet.known_hosts),
+        "--timeout",
+        "10",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 4, result.output
     con = warehouse.connect(db)
@@ -508,16 +570,26 @@ def test_cli_ingest_collects_then_loads_and_exits_4_on_partial_failure(
     assert by_host[fqdn("mac")] == len(mirrored(tmp_path / "mirror", "mac").splitlines()) + 1
     assert by_host[fqdn("legacy")] == 1  # from last_run_summary.yaml
     assert con.execute("SELECT source FROM runs WHERE host = ?", [fqdn("legacy")]).fetchone() == (
-        "legacy_summary",)
-    down = con.execute("SELECT reachable, error FROM observations WHERE host = ?",
-                       [fqdn("down")]).fetchall()
+        "legacy_summary",
+    )
+    down = con.execute(
+        "SELECT reachable, error FROM observations WHERE host = ?", [fqdn("down")]
+    ).fetchall()
     assert down[0][0] is False and "refused" in down[0][1]
 
 
 def test_hostile_history_content_and_mirror_path_stay_data(fleet: Fleet, tmp_path: Path) -> None:
     pwned = tmp_path / "pwned"
-    evil = json.dumps(record("2026-02-01T00:00:00Z", role=f"'$(touch {pwned})'`touch {pwned}`",
-                             run_id=f"\"; touch {pwned}; \n")) + "\n"
+    evil = (
+        json.dumps(
+            record(
+                "2026-02-01T00:00:00Z",
+                role=f"'$(touch {pwned})'`touch {pwned}`",
+                run_id=f'"; touch {pwned}; \n',
+            )
+        )
+        + "\n"
+    )
     h = host(fleet, "rename")
     h.append(HISTORY, evil.encode())
     mirror = tmp_path / f"m i$(touch {pwned})'r`x`"

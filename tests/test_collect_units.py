@@ -25,8 +25,17 @@ from pipeline.remote import (
 )
 from pipeline.targets import TargetError
 
-HOSTILE = ["a;rm -rf /", "$(touch /tmp/pwned)", "`id`", "h' || true '", "x\ny", "../etc",
-           "h o", "-oProxyCommand=sh", "ünïcode"]
+HOSTILE = [
+    "a;rm -rf /",
+    "$(touch /tmp/pwned)",
+    "`id`",
+    "h' || true '",
+    "x\ny",
+    "../etc",
+    "h o",
+    "-oProxyCommand=sh",
+    "ünïcode",
+]
 COMMAND = re.compile(r"/bin/sh -c (?P<script>'.*') fleetstate (\d+) (\d+) (\d+) (\d+)", re.S)
 
 
@@ -60,12 +69,12 @@ def test_any_history_content_gives_the_same_script_and_integers_only(
 ) -> None:
     """History bytes reach the command only as a cksum and a length."""
     cursor = Cursor(inode=inode, offset=len(window) + extra, window=window)
-    cmd = build_command(cursor.offset, cursor.inode, posix_cksum(cursor.window),
-                        len(cursor.window))
+    cmd = build_command(cursor.offset, cursor.inode, posix_cksum(cursor.window), len(cursor.window))
     m = COMMAND.fullmatch(cmd)
     assert m and shlex.split(m.group("script")) == [SCRIPT]
-    assert m.groups()[1:] == tuple(str(v) for v in (cursor.offset, inode,
-                                                    posix_cksum(window), len(window)))
+    assert m.groups()[1:] == tuple(
+        str(v) for v in (cursor.offset, inode, posix_cksum(window), len(window))
+    )
 
 
 def test_script_is_posix_sh() -> None:
@@ -90,8 +99,13 @@ def test_sections_are_binary_safe() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [b"", b"Last login: ...\n", b"FLEETSTATE-REPORT 1\n@hist 10\nabc\n",
-     b"FLEETSTATE-REPORT 1\n@os 5\nLinux\n", b"FLEETSTATE-REPORT 1\n@os x\n\n"],
+    [
+        b"",
+        b"Last login: ...\n",
+        b"FLEETSTATE-REPORT 1\n@hist 10\nabc\n",
+        b"FLEETSTATE-REPORT 1\n@os 5\nLinux\n",
+        b"FLEETSTATE-REPORT 1\n@os x\n\n",
+    ],
 )
 def test_framing_errors_are_report_errors(bad: bytes) -> None:
     with pytest.raises(ReportError):
@@ -105,10 +119,17 @@ def test_whole_lines_stop_at_torn_line_and_nul_padding() -> None:
 
 
 def test_rotated_torn_tail_is_kept_terminated_and_cursor_moves_on() -> None:
-    sections = parse_sections(_report(("mode", b"rotated"), ("rot_ino", b"5"),
-                                      ("rot_skip", b"10"), ("rot", b'{"x":1}\n{"tor'),
-                                      ("hist_ino", b"9"), ("hist_start", b"0"),
-                                      ("hist", b'{"y":2}\n{"half')))
+    sections = parse_sections(
+        _report(
+            ("mode", b"rotated"),
+            ("rot_ino", b"5"),
+            ("rot_skip", b"10"),
+            ("rot", b'{"x":1}\n{"tor'),
+            ("hist_ino", b"9"),
+            ("hist_start", b"0"),
+            ("hist", b'{"y":2}\n{"half'),
+        )
+    )
     pull = interpret(sections, b"0123456789")
     assert pull.history == b'{"x":1}\n{"tor\n{"y":2}\n'
     assert (pull.inode, pull.offset, pull.window) == (9, 8, b'{"y":2}\n')
@@ -125,7 +146,8 @@ def test_mirror_rolls_back_appends_that_were_never_committed(tmp_path: Path) -> 
     d = tmp_path / "h1"
     assert (d / "history.jsonl").read_bytes() == b"one\n"
     assert [json.loads(x) for x in (d / "observations.jsonl").read_text().splitlines()] == [
-        {"host": "h1"}]
+        {"host": "h1"}
+    ]
     with pytest.raises(ValueError):
         m.append_history("h1", b"torn")
 
