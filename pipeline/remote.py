@@ -21,6 +21,8 @@ WINDOW = 1024  # bytes before the cursor offset whose cksum proves the file is s
 # bytes are read are padded with NUL to the announced size (the file may shrink
 # under us) and the reader drops everything from the first NUL.
 SCRIPT = r"""
+# shellcheck disable=SC2046,SC2086  # splitting numbers and "$SHA" on purpose; globbing is off
+set -f
 exec </dev/null
 LC_ALL=C; export LC_ALL
 O=$1; I=$2; C=$3; W=$4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -77,8 +78,13 @@ def test_any_history_content_gives_the_same_script_and_integers_only(
     )
 
 
-def test_script_is_posix_sh() -> None:
+def test_script_is_posix_sh(tmp_path: Path) -> None:
     subprocess.run(["sh", "-n", "-c", SCRIPT], check=True)
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed")
+    (tmp_path / "remote.sh").write_text("#!/bin/sh\n" + SCRIPT)
+    subprocess.run([shellcheck, "-s", "sh", str(tmp_path / "remote.sh")], check=True)
 
 
 def test_posix_cksum_matches_cksum_binary() -> None:
