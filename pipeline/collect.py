@@ -9,6 +9,7 @@ this module never touches the warehouse.
 from __future__ import annotations
 
 import getpass
+import glob
 import os
 import random
 import socket
@@ -23,6 +24,7 @@ from typing import Any
 
 import paramiko
 
+from pipeline.errors import FleetstateError
 from pipeline.mirror import Cursor, Mirror
 from pipeline.remote import ReportError, build_command, interpret, parse_sections, posix_cksum
 from pipeline.targets import validate_host
@@ -140,10 +142,7 @@ def collect_fleet(
 
     event("start")
     with mirror.locked(), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        futures = {
-            pool.submit(collect_host, h, mirror, options, resolve_target(h, config, options)): h
-            for h in hosts
-        }
+        futures = {pool.submit(collect_host, h, mirror, options, config): h for h in hosts}
         for future in as_completed(futures):
             hr = future.result()
             result.per_host[hr.host] = hr
@@ -161,26 +160,30 @@ def collect_fleet(
 
 
 def collect_host(
-    host: str, mirror: Mirror, options: CollectOptions, target: SshTarget
+    host: str, mirror: Mirror, options: CollectOptions, config: paramiko.SSHConfig
 ) -> HostResult:
     """One host: run the script (with retries), then mirror, then commit the cursor."""
     started = time.monotonic()
     deadline = started + options.host_timeout
     hr = HostResult(host, ok=False)
     cursor = mirror.read_cursor(host)
+    target = SshTarget(host, host, options.port or 22, options.user or "?")
     try:
+        target = resolve_target(host, config, options)
         crc = posix_cksum(cursor.window) if cursor.window else 0
         command = build_command(cursor.offset, cursor.inode, crc, len(cursor.window))
         out = _run_with_retries(target, command, options, deadline, hr)
         hr.report_bytes = len(out)
         pull = interpret(parse_sections(out), cursor.window)
         mirror.append_history(host, pull.history)
-        mirror.append_observation(
-            host,
-            observation(host, facts=pull.facts, history_bytes=len(pull.history), mode=pull.mode),
-        )
-        mirror.save_cursor(host, Cursor(pull.inode, pull.offset, pull.window))
-        hr.ok, hr.history_bytes, hr.mode = True, len(pull.history), pull.mode
+        obs = observation(host, pull.facts, pull.error, len(pull.history), pull.mode)
+        mirror.append_observation(host, obs)
+        if pull.error is None:
+            mirror.save_cursor(host, Cursor(pull.inode, pull.offset, pull.window))
+        else:
+            mirror.save_cursor(host, cursor)
+        hr.ok, hr.error = pull.error is None, pull.error
+        hr.history_bytes, hr.mode = len(pull.history), pull.mode
     except Exception as exc:  # every failure becomes an observation, never a crash
         hr.error = describe_error(exc, target, options)
         try:
@@ -366,10 +369,36 @@ class SshTarget:
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
+class SshConfigError(FleetstateError):
+    """The ssh_config cannot be read or parsed."""
+
+
 def load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
+    """Parse ssh_config, expanding `Include` (which paramiko does not) like ssh does."""
     if path is None:
         return paramiko.SSHConfig()
-    return paramiko.SSHConfig.from_path(str(path))
+    try:
+        return paramiko.SSHConfig.from_text(_expand_includes(path, depth=0))
+    except (OSError, UnicodeDecodeError, paramiko.ConfigParseError, ValueError) as exc:
+        raise SshConfigError(f"cannot use ssh config {path}: {exc}") from exc
+
+
+def _expand_includes(path: Path, depth: int) -> str:
+    if depth > 16:
+        raise SshConfigError(f"ssh config Include nested too deeply at {path}")
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0].lower() == "include":
+            for pattern in words[1:]:
+                pattern = os.path.expanduser(pattern)
+                if not os.path.isabs(pattern):  # relative to ~/.ssh, as in ssh_config(5)
+                    pattern = os.path.expanduser(f"~/.ssh/{pattern}")
+                for included in sorted(glob.glob(pattern)):
+                    out.append(_expand_includes(Path(included), depth + 1))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def resolve_target(host: str, config: paramiko.SSHConfig, options: CollectOptions) -> SshTarget:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import FleetstateError
 from pipeline.targets import validate_host
 
 HISTORY = "history.jsonl"
@@ -71,7 +72,7 @@ class Mirror:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
-                raise RuntimeError(f"another collector is using the mirror {self.root}") from exc
+                raise FleetstateError(f"another collector is using the mirror {self.root}") from exc
             yield
 
     def read_cursor(self, host: str) -> Cursor:

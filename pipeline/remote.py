@@ -100,6 +100,9 @@ elif [ ! -e "$H" ] && [ ! -e "$R" ]; then
     if [ -f "$p" ]; then sec legacy_path "$p"; fsec legacy "$p"; break; fi
   done
 fi
+ur=
+for f in "$H" "$R"; do if [ -e "$f" ] && [ ! -r "$f" ]; then ur="$ur $f"; fi; done
+[ -n "$ur" ] && sec unreadable "${ur# }"
 hino=0; hsize=0
 if [ -f "$H" ]; then set -- $(st "$H"); hino=${1:-0}; hsize=${2:-0}; fi
 if [ "$I" -ne 0 ] && [ "$hino" = "$I" ] && [ "$hsize" -ge "$O" ] && anchor_ok "$H"; then
@@ -199,6 +202,7 @@ class Pull:
     window: bytes
     mode: str
     facts: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # reachable, but the history could not be pulled
 
 
 def whole_lines(data: bytes) -> bytes:
@@ -216,6 +220,11 @@ def interpret(sections: dict[str, bytes], window: bytes) -> Pull:
     when the same file is read on.
     """
     mode = _text(sections, "mode") or "first"
+    unreadable = _text(sections, "unreadable")
+    if unreadable:  # keep the cursor: pull once the permissions are fixed
+        user = "uid " + (_text(sections, "uid") or "?")
+        error = f"history not readable by the login user ({user}): {unreadable}"
+        return Pull(b"", -1, -1, window, "unreadable", _facts(sections), error)
     history, inode, offset, new_window = b"", 0, 0, b""
     if "rot" in sections:
         raw = sections["rot"].split(b"\0", 1)[0]

@@ -10,11 +10,13 @@ import os
 import re
 from pathlib import Path
 
+from pipeline.errors import FleetstateError
+
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _FQDN_DIRECTIVE = re.compile(r"^#\s*fqdn:\s*(\S*)\s*$", re.IGNORECASE)
 
 
-class TargetError(ValueError):
+class TargetError(FleetstateError, ValueError):
     """A target that cannot be used: unreadable list file or invalid host name."""
 
 

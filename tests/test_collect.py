@@ -243,6 +243,12 @@ def test_reimaged_host_changed_key_refused_then_fresh_start(fleet: Fleet, tmp_pa
         assert collect(fleet, tmp_path, ["reimage"]).hosts_ok == [fqdn("reimage")]
     finally:
         fleet.write_client_files()
+    # history gone altogether, then started again: a fresh start, nothing pulled twice
+    h.path(HISTORY).unlink()
+    assert collect(fleet, tmp_path, ["reimage"]).per_host[fqdn("reimage")].history_bytes == 0
+    h.append(HISTORY, lines(1, start=600))
+    assert collect(fleet, tmp_path, ["reimage"]).hosts_ok
+    assert mirrored(tmp_path, "reimage") == lines(5) + lines(2, start=500) + lines(1, start=600)
 
 
 def test_history_ending_mid_line_takes_whole_lines_only(fleet: Fleet, tmp_path: Path) -> None:
@@ -295,7 +301,65 @@ def test_sudo_refused_is_reported_as_no_sudo(fleet: Fleet, tmp_path: Path) -> No
     [ops] = observations(tmp_path, "ops")
     assert ops["vault_status"] == "no_sudo" and ops["vault_sha"] is None
     assert observations(tmp_path, "legacy")[0]["vault_status"] == "absent"
-    assert mirrored(tmp_path, "ops") == lines(5)  # history is world-readable
+    assert mirrored(tmp_path, "ops") == host(fleet, "ops").path(HISTORY).read_bytes()
+
+
+def test_unreadable_history_is_an_error_and_keeps_the_cursor(fleet: Fleet, tmp_path: Path) -> None:
+    h = host(fleet, "ops")
+    collect(fleet, tmp_path, ["ops"])
+    h.path(HISTORY).chmod(0o600)
+    try:
+        h.append(HISTORY, lines(1, start=700))
+        r = collect(fleet, tmp_path, ["ops"])
+        err = r.hosts_failed[fqdn("ops")]
+        assert "not readable" in err and HISTORY in err
+        obs = observations(tmp_path, "ops")[-1]
+        assert obs["reachable"] is True and obs["error"] == err and obs["role"] == "ops-role"
+    finally:
+        h.path(HISTORY).chmod(0o644)
+    assert collect(fleet, tmp_path, ["ops"]).per_host[fqdn("ops")].history_bytes == len(
+        lines(1, start=700)
+    )
+    assert mirrored(tmp_path, "ops") == h.path(HISTORY).read_bytes()
+
+
+def test_connection_reset_is_retried(fleet: Fleet, tmp_path: Path) -> None:
+    import threading
+
+    with socket.socket() as rude:  # accepts, then hangs up at once
+        rude.bind(("127.0.0.1", 0))
+        rude.listen(16)
+        port = rude.getsockname()[1]
+        seen: list[int] = []
+
+        def serve() -> None:
+            for _ in range(3):
+                conn, _addr = rude.accept()
+                seen.append(1)
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        fleet.write_client_files(f"Host rude.fleet.test\n  HostName 127.0.0.1\n  Port {port}\n")
+        try:
+            r = collect(fleet, tmp_path, ["rude.fleet.test"], retries=2)
+        finally:
+            fleet.write_client_files()
+    assert r.per_host["rude.fleet.test"].attempts == 3 and len(seen) == 3
+    assert not r.hosts_ok
+
+
+def test_ssh_config_include_is_followed(fleet: Fleet, tmp_path: Path) -> None:
+    legacy = host(fleet, "legacy")
+    confd = tmp_path / "home" / ".ssh" / "conf.d"  # HOME is tmp_path/home here
+    confd.mkdir(parents=True)
+    (confd / "fleet.conf").write_text(
+        f"Host included.fleet.test\n  HostName 127.0.0.1\n  Port {legacy.port}\n  User root\n"
+        f"  IdentityFile {fleet.user_key}\n"
+    )
+    cfg = tmp_path / "config"
+    cfg.write_text("Include conf.d/*.conf\n")
+    r = collect(fleet, tmp_path, ["included.fleet.test"], ssh_config=cfg)
+    assert r.hosts_ok == ["included.fleet.test"]
 
 
 def test_down_host_is_retried_then_recorded(fleet: Fleet, tmp_path: Path) -> None:
@@ -413,7 +477,8 @@ def test_ssh_config_proxyjump_proxycommand_and_agent(
         fleet.write_client_files()
     assert r.hosts_failed == {}
     for alias in ("jumped", "proxied", "agent"):
-        assert (tmp_path / f"{alias}.fleet.test" / "history.jsonl").read_bytes() == lines(5)
+        got = (tmp_path / f"{alias}.fleet.test" / "history.jsonl").read_bytes()
+        assert got == target.path(HISTORY).read_bytes()
 
 
 def test_whole_fleet_concurrently(fleet: Fleet, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.collect import CollectOptions, collect_fleet
+from pipeline.errors import FleetstateError
 from pipeline.mirror import Cursor, Mirror
 from pipeline.remote import (
     SCRIPT,
@@ -168,5 +169,18 @@ def test_mirror_pulls_again_when_history_was_deleted(tmp_path: Path) -> None:
 
 def test_one_collector_per_mirror(tmp_path: Path) -> None:
     m = Mirror(tmp_path)
-    with m.locked(), pytest.raises(RuntimeError, match="another collector"), m.locked():
+    with m.locked(), pytest.raises(FleetstateError, match="another collector"), m.locked():
         pass
+
+
+def test_errors_are_fleetstate_errors(tmp_path: Path) -> None:
+    from pipeline.collect import SshConfigError, load_ssh_config
+    from pipeline.errors import FleetstateError
+
+    assert issubclass(TargetError, FleetstateError) and issubclass(TargetError, ValueError)
+    with pytest.raises(SshConfigError, match="cannot use ssh config"):
+        load_ssh_config(tmp_path / "missing")
+    loop = tmp_path / "loop"
+    loop.write_text(f"Include {loop}\n")
+    with pytest.raises(SshConfigError, match="nested"):
+        load_ssh_config(loop)
