@@ -328,8 +328,8 @@ _ps_write_state() {
     case $file in */*) dir=${file%/*} ;; *) dir=. ;; esac
     [ -n "$dir" ] || dir=/
     base=${file##*/}
-    if [ ! -d "$dir" ]; then
-        _ps_log "state directory $dir does not exist; state file not written"
+    if [ ! -d "$dir" ] && ! mkdir -p "$dir" 2>/dev/null; then
+        _ps_log "cannot create state directory $dir; state file not written"
         return 0
     fi
     set -C
