@@ -134,14 +134,14 @@ class Host:
             **extra: str) -> subprocess.CompletedProcess[str]:
         env = {**self.env, **extra}
         return subprocess.run([BASH, str(script)], env=env, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, cwd=self.root)
 
     def bash(self, snippet: str, *args: str | bytes, timeout: float = 60,
              **extra: str) -> subprocess.CompletedProcess[bytes]:
         """Run snippet after sourcing the library; args are $1..."""
         env = {**self.env, **extra}
         cmd: list[str | bytes] = [BASH, "-c", f'. "{LIB}"\n{snippet}', "snippet", *args]
-        return subprocess.run(cmd, env=env, capture_output=True, timeout=timeout)
+        return subprocess.run(cmd, env=env, capture_output=True, timeout=timeout, cwd=self.root)
 
 
 def make_host(root: Path) -> Host:
