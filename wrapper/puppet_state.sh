@@ -280,17 +280,25 @@ _ps_git_info() {
 # Lock dir $1 held on return 0; 1 when it cannot be had within the timeout.
 # mkdir is atomic on every local filesystem and needs no flock(1) (absent on macOS).
 _ps_lock() {
-    local dir=$1 tries=0 max absent=0 opid oepoch now
+    local dir=$1 tries=0 max absent=0 opid oepoch now parent
     local timeout=${PUPPET_STATE_LOCK_TIMEOUT_S:-5} stale=${PUPPET_STATE_LOCK_STALE_S:-60}
     case $timeout in '' | *[!0-9]*) timeout=5 ;; esac
     case $stale in '' | *[!0-9]*) stale=60 ;; esac
-    max=$((timeout * 20))
+    max=$((timeout * 20 + 1))
+    case $dir in */*) parent=${dir%/*} ;; *) parent=. ;; esac
+    [ -n "$parent" ] || parent=/
     while :; do
         if mkdir "$dir" 2>/dev/null; then
             printf '%s %s\n' "$$" "${_PS_NOW:-0}" >"$dir/owner" 2>/dev/null
             return 0
         fi
-        [ -d "$dir" ] || return 1
+        tries=$((tries + 1))
+        [ "$tries" -lt "$max" ] || return 1
+        if [ ! -d "$dir" ]; then
+            # Released between our mkdir and this test, or not creatable at all.
+            [ -d "$parent" ] && [ -w "$parent" ] || return 1
+            continue
+        fi
         opid="" oepoch=""
         if [ -r "$dir/owner" ]; then
             read -r opid oepoch <"$dir/owner" 2>/dev/null
@@ -310,8 +318,6 @@ _ps_lock() {
             absent=0
             continue
         fi
-        tries=$((tries + 1))
-        [ "$tries" -lt "$max" ] || return 1
         sleep 0.05 2>/dev/null || sleep 1
     done
 }
@@ -350,7 +356,8 @@ _ps_write_state() {
         return 0
     fi
     chmod 0644 "$tmp" 2>/dev/null
-    if ! mv -f "$tmp" "$file" 2>/dev/null; then
+    # mv would move the temp file into a directory instead of replacing it.
+    if [ -d "$file" ] || ! mv -f "$tmp" "$file" 2>/dev/null; then
         _ps_log "cannot rename $tmp to $file; state file not written"
         rm -f "$tmp"
     fi

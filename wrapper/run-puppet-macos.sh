@@ -19,7 +19,7 @@ if [ -z "$PUPPET_STATE_LIB" ]; then
 fi
 
 # Without the library puppet must still run: fall back to recording nothing.
-# shellcheck source=puppet_state.sh
+# shellcheck source=puppet_state.sh source-path=SCRIPTDIR
 if [ -n "$PUPPET_STATE_LIB" ] && . "$PUPPET_STATE_LIB"; then :; else
     echo "run-puppet: puppet_state.sh not found; runs will not be recorded" >&2
     puppet_state_begin() { :; }
