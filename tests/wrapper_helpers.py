@@ -23,9 +23,26 @@ MACOS_SCRIPT = WRAPPER_DIR / "run-puppet-macos.sh"
 BASH = "/bin/bash"
 
 FIELDS = [
-    "schema_version", "ts", "success", "exit_code", "git_repo", "git_branch", "git_sha",
-    "override_sha", "vault_sha", "override_path", "role", "duration_s", "git_dirty",
-    "vault_path", "host", "run_id", "started_at", "attempt", "stage", "os",
+    "schema_version",
+    "ts",
+    "success",
+    "exit_code",
+    "git_repo",
+    "git_branch",
+    "git_sha",
+    "override_sha",
+    "vault_sha",
+    "override_path",
+    "role",
+    "duration_s",
+    "git_dirty",
+    "vault_path",
+    "host",
+    "run_id",
+    "started_at",
+    "attempt",
+    "stage",
+    "os",
     "wrapper_version",
 ]
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -53,8 +70,9 @@ def write_exe(path: Path, text: str) -> Path:
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
-    out = subprocess.run(["git", *GIT_ID, *args], cwd=cwd, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", *GIT_ID, *args], cwd=cwd, check=True, capture_output=True, text=True
+    )
     return out.stdout.strip()
 
 
@@ -72,8 +90,10 @@ def make_upstream(path: Path) -> str:
 
 def fqdn() -> str:
     out = subprocess.run(["hostname", "-f"], capture_output=True, text=True)
-    return out.stdout.strip() or subprocess.run(
-        ["hostname"], capture_output=True, text=True).stdout.strip()
+    return (
+        out.stdout.strip()
+        or subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
+    )
 
 
 @dataclass
@@ -130,14 +150,22 @@ class Host:
         assert text.endswith("\n") and text.count("\n") == 1
         return dict(json.loads(text))
 
-    def run(self, script: Path = LINUX_SCRIPT, timeout: float = 60,
-            **extra: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, script: Path = LINUX_SCRIPT, timeout: float = 60, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
         env = {**self.env, **extra}
-        return subprocess.run([BASH, str(script)], env=env, capture_output=True,
-                              text=True, timeout=timeout, cwd=self.root)
+        return subprocess.run(
+            [BASH, str(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
 
-    def bash(self, snippet: str, *args: str | bytes, timeout: float = 60,
-             **extra: str) -> subprocess.CompletedProcess[bytes]:
+    def bash(
+        self, snippet: str, *args: str | bytes, timeout: float = 60, **extra: str
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run snippet after sourcing the library; args are $1..."""
         env = {**self.env, **extra}
         cmd: list[str | bytes] = [BASH, "-c", f'. "{LIB}"\n{snippet}', "snippet", *args]
@@ -151,7 +179,8 @@ def make_host(root: Path) -> Host:
     host.upstream_sha = make_upstream(host.upstream)
     write_exe(host.bin / "puppet", FAKE_PUPPET)
     host.override.write_text(
-        f'PUPPET_REPO="file://{host.upstream}"\nPUPPET_BRANCH="main"\nPUPPET_MAIL="x@y"\n')
+        f'PUPPET_REPO="file://{host.upstream}"\nPUPPET_BRANCH="main"\nPUPPET_MAIL="x@y"\n'
+    )
     host.vault.write_text("secret_token: vault-content-must-not-leak-4242\n")
     host.role_file.write_text("gecko_t_linux_talos\n")
     host.env = {
@@ -188,8 +217,15 @@ def restricted_bin(dest: Path, without: set[str]) -> Path:
     return dest
 
 
-def check_record(rec: dict[str, Any], host: Host, *, exit_code: int | None,
-                 stage: str = "puppet", attempt: int = 1, os_name: str = "Linux") -> None:
+def check_record(
+    rec: dict[str, Any],
+    host: Host,
+    *,
+    exit_code: int | None,
+    stage: str = "puppet",
+    attempt: int = 1,
+    os_name: str = "Linux",
+) -> None:
     """Field-by-field check of one record written by a wrapper run on `host`."""
     assert list(rec) == FIELDS
     assert rec["schema_version"] == 1
