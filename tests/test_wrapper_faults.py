@@ -20,6 +20,7 @@ from wrapper_helpers import (
     LINUX_SCRIPT,
     Host,
     check_record,
+    git,
     make_host,
     restricted_bin,
 )
@@ -233,3 +234,33 @@ def test_library_survives_strict_caller_with_everything_broken(host: Host) -> No
     )
     assert proc.returncode == 0
     assert proc.stdout == b"still here IFS=[:]\n"
+
+
+def test_wrapper_without_the_library_still_runs_puppet(host: Host) -> None:
+    lone = host.root / "lone" / "run-puppet-linux.sh"
+    lone.parent.mkdir()
+    shutil.copy(LINUX_SCRIPT, lone)
+    proc = host.run(lone, FAKE_PUPPET_RC="2")
+    assert proc.returncode == 2
+    assert "runs will not be recorded" in proc.stderr
+    assert host.marker.exists() and not host.history.exists()
+    assert (host.working_dir / "manifests" / "site.pp").exists()  # the override's repo
+
+
+def test_record_overhead_is_well_under_100ms(host: Host) -> None:
+    """Median in-process cost of one seed-style call on a real checkout."""
+    git("clone", "-q", str(host.upstream), str(host.working_dir))
+    snippet = (
+        '[ -n "${EPOCHREALTIME:-}" ] || { echo skip; exit 0; }\n'
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do\n"
+        "  t0=${EPOCHREALTIME/[.,]/}\n"
+        f'  write_puppet_state "{host.working_dir}" r 0 1 "{host.override}" "{host.vault}"\n'
+        "  t1=${EPOCHREALTIME/[.,]/}\n"
+        "  echo $((t1 - t0))\n"
+        "done"
+    )
+    out = host.bash(snippet).stdout.decode().split()
+    if out == ["skip"]:
+        pytest.skip("bash without EPOCHREALTIME")
+    micros = sorted(int(x) for x in out)
+    assert len(micros) == 15 and micros[7] < 100_000, micros

@@ -24,6 +24,13 @@ if [ -n "$PUPPET_STATE_LIB" ] && . "$PUPPET_STATE_LIB"; then :; else
     echo "run-puppet: puppet_state.sh not found; runs will not be recorded" >&2
     puppet_state_begin() { :; }
     puppet_state_record() { :; }
+    puppet_state_override_value() {
+        PUPPET_STATE_VALUE=$(
+            # shellcheck disable=SC1090
+            . "$1" >/dev/null 2>&1
+            eval "printf '%s' \"\${$2:-}\""
+        )
+    }
 fi
 
 OVERRIDE_FILE=${PUPPET_OVERRIDE_FILE:-/opt/puppet_environments/ronin_settings}
