@@ -272,3 +272,13 @@ def test_scripts_are_executable_and_use_bin_bash() -> None:
     for script in (LINUX_SCRIPT, MACOS_SCRIPT):
         assert os.access(script, os.X_OK)
         assert script.read_text().startswith("#!/bin/bash\n")
+
+
+def test_readme_documents_every_environment_variable() -> None:
+    readme = (WRAPPER_DIR / "README.md").read_text()
+    used: set[str] = set()
+    for script in SCRIPTS:
+        used |= set(re.findall(r"\$\{(PUPPET_[A-Z0-9_]+)[:}-]", script.read_text()))
+    assert {"PUPPET_STATE_FILE", "PUPPET_RUN_HISTORY", "PUPPET_RUN_HISTORY_MAX_BYTES"} <= used
+    missing = sorted(v for v in used if f"`{v}`" not in readme)
+    assert missing == []
