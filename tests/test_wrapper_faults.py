@@ -264,3 +264,28 @@ def test_record_overhead_is_well_under_100ms(host: Host) -> None:
         pytest.skip("bash without EPOCHREALTIME")
     micros = sorted(int(x) for x in out)
     assert len(micros) == 15 and micros[7] < 100_000, micros
+
+
+def test_begin_and_override_value_survive_a_strict_caller(host: Host) -> None:
+    path = restricted_bin(host.root / "bare", {"sha256sum", "shasum", "openssl", "date", "od"})
+    snippet = (
+        "set -euo pipefail\n"
+        'puppet_state_begin --attempt 2 --override /nonexistent --vault "$1"\n'
+        "puppet_state_override_value /nonexistent PUPPET_BRANCH\n"
+        'puppet_state_override_value "$2" PUPPET_BRANCH\n'
+        'echo "branch=$PUPPET_STATE_VALUE attempt=$PUPPET_STATE_ATTEMPT"'
+    )
+    proc = host.bash(snippet, str(host.vault), str(host.override), PATH=str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"branch=main attempt=2\n"
+
+
+def test_caller_ifs_does_not_change_the_record(host: Host) -> None:
+    wd = host.working_dir
+    git("clone", "-q", str(host.upstream), str(wd))
+    (wd / "r10k_modules").mkdir()
+    (wd / "r10k_modules" / "m.pp").write_text("x")
+    proc = host.bash(f'IFS=:\nwrite_puppet_state "{wd}" "a b:c" 0 1 /o /v')
+    assert proc.returncode == 0
+    rec = host.state_record()
+    assert rec["git_dirty"] is False and rec["role"] == "a b:c"

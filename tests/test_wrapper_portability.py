@@ -136,8 +136,11 @@ def test_macos_concurrent_records_use_the_mkdir_lock(mac: Host) -> None:
     assert len(mac.history_records()) == 3
 
 
-def test_uuid_fallback_without_proc_or_uuidgen(host: Host, tmp_path: Path) -> None:
-    path = restricted_bin(tmp_path / "nouuid", {"uuidgen"})
+@pytest.mark.parametrize("missing", [{"uuidgen"}, {"uuidgen", "od"}], ids=["od", "RANDOM"])
+def test_uuid_fallback_without_proc_or_uuidgen(
+    host: Host, tmp_path: Path, missing: set[str]
+) -> None:
+    path = restricted_bin(tmp_path / "nouuid", missing)
     proc = host.bash(
         'write_puppet_state "" r 0 1 /o /v', PATH=str(path), PUPPET_STATE_UUID_SOURCE="/nonexistent"
     )

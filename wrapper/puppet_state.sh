@@ -67,6 +67,17 @@ _ps_new_run_id() {
     case $id in
     ????????-????-????-????-????????????) ;;
     *)
+        # No /proc, no uuidgen: 16 random bytes from od, else $RANDOM and the pid.
+        id=$(od -An -N16 -tx1 /dev/urandom 2>/dev/null | tr -d ' \n')
+        case $id in
+        *[!0-9a-f]* | '') ;;
+        *)
+            if [ ${#id} -eq 32 ]; then
+                PUPPET_STATE_RUN_ID=${id:0:8}-${id:8:4}-4${id:13:3}-a${id:17:3}-${id:20:12}
+                return 0
+            fi
+            ;;
+        esac
         printf -v id '%04x%04x-%04x-4%03x-%x%03x-%04x%04x%04x' \
             "$RANDOM" "$RANDOM" "$RANDOM" $((RANDOM % 4096)) $((8 + RANDOM % 4)) \
             $((RANDOM % 4096)) "$RANDOM" $(($$ % 65536)) "$RANDOM"
@@ -108,6 +119,11 @@ _ps_sha256() {
 # Value of KEY in a shell KEY="value" file, without executing it, in
 # PUPPET_STATE_VALUE (the last assignment wins, as when the file is sourced).
 puppet_state_override_value() {
+    _ps_override_value "${1:-}" "${2:-}" || true
+    return 0
+}
+
+_ps_override_value() {
     local file=$1 key=$2 line v
     PUPPET_STATE_VALUE=""
     [ -f "$file" ] && [ -r "$file" ] || return 0
@@ -340,10 +356,10 @@ _ps_write_state() {
     fi
     set -C
     while :; do
-        tmp="$dir/.$base.$$.$RANDOM$RANDOM"
+        tmp="$dir/.$base.${PUPPET_STATE_RUN_ID:-x}.$$.$RANDOM$RANDOM"
         if { : >"$tmp"; } 2>/dev/null; then break; fi
         n=$((n + 1))
-        if [ "$n" -ge 3 ] || [ ! -w "$dir" ]; then
+        if [ "$n" -ge 5 ] || [ ! -w "$dir" ]; then
             set +C
             _ps_log "cannot create a temp file in $dir; state file not written"
             return 0
@@ -405,7 +421,14 @@ _ps_append_history() {
     return 0
 }
 
+# Public functions that set the caller's variables cannot run in a subshell;
+# calling their bodies in an || list keeps a caller's set -e from firing inside.
 puppet_state_begin() {
+    _ps_begin "$@" || true
+    return 0
+}
+
+_ps_begin() {
     local attempt=1 override="" vault=""
     while [ $# -gt 0 ]; do
         case $1 in
@@ -551,7 +574,8 @@ _ps_record() {
 # IFS and variables can neither break the record nor be changed by it.
 puppet_state_record() {
     (
-        set +e +u
+        set +e +u -f
+        IFS=$' \t\n'
         LC_ALL=C
         _ps_record "$@"
     ) </dev/null >&2 || true

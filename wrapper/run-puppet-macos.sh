@@ -60,7 +60,7 @@ with_timeout() {
     shift
     case $limit in '' | *[!0-9]* | 0) "$@" && return 0 || return $? ;; esac
     set -m
-    "$@" &
+    "$@" </dev/null &
     pid=$!
     set +m
     (
