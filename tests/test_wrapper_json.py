@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from wrapper_helpers import FIELDS, Host, git, make_host, sha256_file
 
@@ -37,11 +37,11 @@ def host(tmp_path: Path) -> Host:
     return make_host(tmp_path)
 
 
-def record(host: Host, *args: str | bytes) -> dict[str, Any]:
+def record(host: Host, *args: str | bytes, compat: str = "") -> dict[str, Any]:
     """Write one record through the named API; return it after checking both copies."""
     host.state.unlink(missing_ok=True)
     host.history.unlink(missing_ok=True)
-    proc = host.bash(RECORD, *args)
+    proc = host.bash(RECORD, *args, **({"BASH_COMPAT": compat} if compat else {}))
     assert proc.returncode == 0, proc.stderr
     raw = host.state.read_bytes()
     assert raw == host.history.read_bytes()
@@ -52,6 +52,7 @@ def record(host: Host, *args: str | bytes) -> dict[str, Any]:
 
 @PROPERTY
 @given(role=TEXT, branch=TEXT, override=NONEMPTY, vault=NONEMPTY, wd=NONEMPTY)
+@example(role="\\", branch='"\\"', override="\x1f\t\n", vault="é\u2028", wd="&\\&")
 def test_any_string_round_trips(
     host: Host, role: str, branch: str, override: str, vault: str, wd: str
 ) -> None:
@@ -198,3 +199,17 @@ def test_begin_hashes_files_as_puppet_read_them(host: Host) -> None:
     assert rec["override_sha"] == before_o and rec["vault_sha"] == before_v
     assert rec["attempt"] == 3
     assert proc.stdout == b"id=[]\n"  # begin's state is consumed by the record
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(role=TEXT, path=NONEMPTY)
+@example(role='a\\b\\\\"c\n\x01&', path="\\")
+def test_round_trip_under_bash_3_2_compat_mode(host: Host, role: str, path: str) -> None:
+    """BASH_COMPAT=3.2 restores the old quoting rules of pattern substitution.
+
+    No bash 3.2 binary is available here; this is the closest run of its semantics.
+    """
+    rec = record(host, role.encode(), b"", path.encode(), b"/v", b"/w", b"0", b"1", compat="3.2")
+    assert rec["role"] == (role or None) and rec["override_path"] == path

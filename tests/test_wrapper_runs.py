@@ -154,3 +154,10 @@ def test_generated_vault_copy_does_not_make_checkout_dirty(host: Host) -> None:
     host.run(FAKE_PUPPET_RC="0")
     assert (host.working_dir / "data" / "secrets" / "vault.yaml").exists()
     assert host.state_record()["git_dirty"] is False
+
+
+def test_wrapper_under_bash_3_2_compat_mode(host: Host) -> None:
+    proc = host.run(MACOS_SCRIPT, FAKE_PUPPET_RC="2", BASH_COMPAT="3.2")
+    assert proc.returncode == 2, proc.stderr
+    (rec,) = host.history_records()
+    check_record(rec, host, exit_code=2)

@@ -577,6 +577,8 @@ puppet_state_record() {
         set +e +u -f
         IFS=$' \t\n'
         LC_ALL=C
+        # bash 5.2 under BASH_COMPAT<=42 would eat a backslash of each \\ replacement.
+        shopt -u patsub_replacement 2>/dev/null
         _ps_record "$@"
     ) </dev/null >&2 || true
     _ps_reset_begin
