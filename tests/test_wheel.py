@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.skipif(shutil.which("uv") is None, reason="uv is needed to build and install the wheel")
+@pytest.mark.skipif(shutil.which("uv") is None, reason="uv builds and installs the wheel")
 def test_built_wheel_runs_demo_in_a_clean_venv(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     subprocess.run(["uv", "build", "--wheel", "--out-dir", str(dist), str(REPO)],

@@ -12,7 +12,9 @@ from wrapper_helpers import LINUX_SCRIPT, MACOS_SCRIPT, make_host
 from pipeline import load
 
 
-def test_wrapper_records_load_with_zero_rejects(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_wrapper_records_load_with_zero_rejects(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     host = make_host(tmp_path / "host")
     cases = [{"FAKE_PUPPET_RC": str(rc)} for rc in (0, 2, 1, 4, 6)]
     for case in cases:
