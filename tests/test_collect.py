@@ -46,6 +46,7 @@ NAMES = [
     "mac",
     "ops",
     "big",
+    "wrapped",
     "down",
 ]
 
@@ -83,7 +84,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             h.write("/etc/puppet/ronin_settings", OVERRIDE)
             h.write("/etc/puppet/last_run_metadata.json", STATE)
             h.write("/root/vault.yaml", VAULT_SECRET)
-        h.append(HISTORY, lines(300, pad=3000) if short == "big" else lines(5))
+        if short != "wrapped":
+            h.append(HISTORY, lines(300, pad=3000) if short == "big" else lines(5))
     f.start(skip=(fqdn("down"),))
     yield f
     f.stop()
@@ -261,6 +263,38 @@ def test_history_ending_mid_line_takes_whole_lines_only(fleet: Fleet, tmp_path: 
     hr = collect(fleet, tmp_path, ["midline"]).per_host[fqdn("midline")]
     assert hr.history_bytes == len(line) + len(lines(1, start=78))
     assert mirrored(tmp_path, "midline") == h.path(HISTORY).read_bytes()
+
+
+def test_real_wrapper_history_with_its_rotation(fleet: Fleet, tmp_path: Path) -> None:
+    """Records written by wrapper/puppet_state.sh, rotated by its size cap between pulls."""
+    h = host(fleet, "wrapped")
+    env = {
+        **os.environ,
+        "PUPPET_RUN_HISTORY": str(h.path(HISTORY)),
+        "PUPPET_STATE_FILE": str(h.path("/etc/puppet/last_run_metadata.json")),
+        "PUPPET_RUN_HISTORY_MAX_BYTES": "2500",
+    }
+    script = (
+        f". {REPO / 'wrapper' / 'puppet_state.sh'}\n"
+        'for i in $(seq "$1"); do\n'
+        "  puppet_state_record --exit-code 0 --stage puppet --role wrapped-role"
+        " --working-dir /nonexistent --duration 1\n"
+        "done\n"
+    )
+    written = 0
+    for batch in (2, 3, 1, 3):
+        subprocess.run(
+            ["bash", "-c", script, "bash", str(batch)], env=env, check=True, capture_output=True
+        )
+        written += batch
+        assert collect(fleet, tmp_path, ["wrapped"]).hosts_ok
+    assert h.path(HISTORY + ".1").exists()  # the cap did rotate the file
+    records = [json.loads(x) for x in mirrored(tmp_path, "wrapped").splitlines()]
+    assert len(records) == len({r["run_id"] for r in records}) == written
+    con = warehouse.connect(tmp_path / "wh.duckdb")
+    load_mirror(con, tmp_path)
+    sources = con.execute("SELECT source, count(*) FROM runs GROUP BY ALL ORDER BY 1").fetchall()
+    assert ("history", written) in sources
 
 
 # --- host variants ----------------------------------------------------------------------
