@@ -309,6 +309,21 @@ def test_legacy_host_reports_last_run_summary(fleet: Fleet, tmp_path: Path) -> N
     assert obs["state_file"] is None and obs["history_bytes"] == 0
     assert obs["override_present"] is False and obs["vault_status"] == "absent"
     assert mirrored(tmp_path, "legacy") == b""
+    # older Puppet keeps the summary in its cache directory
+    h = host(fleet, "legacy")
+    new, old = (
+        h.path(f"/opt/puppetlabs/puppet/{d}/last_run_summary.yaml")
+        for d in ("public", "cache/state")
+    )
+    old.parent.mkdir(parents=True)
+    new.rename(old)
+    try:
+        collect(fleet, tmp_path, ["legacy"])
+    finally:
+        old.rename(new)
+    obs = observations(tmp_path, "legacy")[-1]
+    assert obs["legacy_summary_path"] == "/opt/puppetlabs/puppet/cache/state/last_run_summary.yaml"
+    assert obs["legacy_summary"] == LEGACY
 
 
 def test_macos_host_uses_bsd_tools_and_mac_paths(fleet: Fleet, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,13 @@ def test_errors_are_fleetstate_errors(tmp_path: Path) -> None:
     loop.write_text(f"Include {loop}\n")
     with pytest.raises(SshConfigError, match="nested"):
         load_ssh_config(loop)
+
+
+def test_layering_collect_has_no_duckdb_mirror_has_no_paramiko() -> None:
+    code = (
+        "import sys, pipeline.collect, pipeline.mirror, pipeline.remote, pipeline.targets\n"
+        "assert 'duckdb' not in sys.modules, 'collect imports duckdb'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys, pipeline.mirror; assert 'paramiko' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
