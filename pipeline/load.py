@@ -10,6 +10,7 @@ the warehouse as it was before or after a batch, never between.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 HISTORY = "history.jsonl"
 OBSERVATIONS = "observations.jsonl"
 STATE_FILE = "last_run_metadata.json"
-BATCH_BYTES = 64 << 20  # bytes of input per transaction
+# bytes of input per transaction; tests lower it to make many small transactions
+BATCH_BYTES = int(os.environ.get("FLEETSTATE_BATCH_BYTES", 64 << 20))
 HEAD_BYTES = 4096  # fingerprint of a file's start, to notice a replaced file
 SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
 
@@ -103,7 +105,8 @@ def load_mirror(
             key = str(path.resolve())
             for start, data in _new_chunks(path, cursors.get(key), batch.stats):
                 _stage(batch, host, path.name, key, start, data)
-                batch.cursors.append((key, host, start + len(data), _head_sha(path)))
+                end = start + len(data)
+                batch.cursors.append((key, host, end, _head_sha(path, min(end, HEAD_BYTES))))
                 if batch.nbytes >= BATCH_BYTES:
                     _commit(con, batch)
                     total.merge(batch.stats)
@@ -122,7 +125,7 @@ def _read_cursors(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str | 
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def _head_sha(path: Path, upto: int = HEAD_BYTES) -> str:
+def _head_sha(path: Path, upto: int) -> str:
     with path.open("rb") as fh:
         return hashlib.sha256(fh.read(upto)).hexdigest()
 
@@ -137,7 +140,7 @@ def _new_chunks(
     """
     size = path.stat().st_size
     offset, head = cursor if cursor else (0, None)
-    if offset > size or (offset and head != _head_sha(path)):
+    if offset > size or (offset and head != _head_sha(path, min(offset, HEAD_BYTES))):
         offset = 0  # replaced or truncated: read again; run identity absorbs repeats
     if path.name == STATE_FILE:
         if offset != size or cursor is None:
@@ -254,7 +257,7 @@ def _stage_observations(batch: Batch, host: str, key: str, start: int, data: byt
 
 
 def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
-    """Parse the staged lines and write runs, rejects, observations and cursors in one transaction."""
+    """Parse staged lines; write runs, rejects, observations and cursors in one transaction."""
     if not batch.cursors:
         return
     now = datetime.now(UTC)
@@ -342,10 +345,11 @@ def _insert_new_runs(
     so DuckDB skips row groups of other hosts). Only rows with such a hash are compared
     exactly; when there are none the batch is inserted without any join."""
     cols = ", ".join(records.RUN_COLUMNS)
+    # column names come from records.RUN_COLUMNS, not input
     valid = (
-        f"SELECT {cols}, h FROM fast WHERE ok "
-        f"UNION ALL SELECT {cols}, hash(host, run_id) AS h FROM slow WHERE reason IS NULL"
-    )  # noqa: S608 -- column names come from records.RUN_COLUMNS, not input
+        f"SELECT {cols}, h FROM fast WHERE ok UNION ALL "  # noqa: S608
+        f"SELECT {cols}, hash(host, run_id) AS h FROM slow WHERE reason IS NULL"
+    )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE skipped AS

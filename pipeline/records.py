@@ -211,9 +211,11 @@ def fast_sql(staged: str) -> str:
     repeated key, no whitespace. tests/test_load_perf_invariants.py checks the two paths
     agree on generated lines.
     """
-    struct = "{" + ", ".join(
-        f'"{f.name}": "{_FROM_JSON_TYPE.get(f.kind, "VARCHAR")}"' for f in FIELDS
-    ) + "}"
+    struct = (
+        "{"
+        + ", ".join(f'"{f.name}": "{_FROM_JSON_TYPE.get(f.kind, "VARCHAR")}"' for f in FIELDS)
+        + "}"
+    )
     paths = "[" + ", ".join(_lit("$." + n) for n in KNOWN) + "]"
     cols, checks, members = [], [], []
     for i, f in enumerate(FIELDS):
@@ -224,7 +226,9 @@ def fast_sql(staged: str) -> str:
         n = len(f.name)
         members.append(
             f"CASE WHEN {t} IS NULL THEN 0 "
-            + " ".join(f"WHEN {t} = '{k}' THEN {e.format(n=n, v=v)}" for k, e in _SOURCE_LEN.items())
+            + " ".join(
+                f"WHEN {t} = '{k}' THEN {e.format(n=n, v=v)}" for k, e in _SOURCE_LEN.items()
+            )
             + f" ELSE -{MAX_LINE_BYTES} END"
         )
     values = ",\n        ".join(f"{_value_sql(f, 'v_' + f.name)} AS {_out_name(f)}" for f in FIELDS)

@@ -67,7 +67,8 @@ def emit_rollout(summary: pl.DataFrame, hosts: pl.DataFrame, fmt: str) -> None:
 
         doc = {
             "summary": [
-                {k: render._jsonable(v) for k, v in r.items()} for r in summary.iter_rows(named=True)
+                {k: render._jsonable(v) for k, v in r.items()}
+                for r in summary.iter_rows(named=True)
             ][0],
             "hosts": [
                 {k: render._jsonable(v) for k, v in r.items()} for r in hosts.iter_rows(named=True)
