@@ -148,11 +148,12 @@ def _new_chunks(
             stats.bytes_read += len(data)
             yield 0, data
         return
+    piece_bytes = max(1, BATCH_BYTES // 4)  # a batch overshoots by a piece at most
     with path.open("rb") as fh:
         fh.seek(offset)
         carry = b""
         while True:
-            piece = fh.read(BATCH_BYTES)
+            piece = fh.read(piece_bytes)
             if not piece:
                 break
             data = carry + piece
