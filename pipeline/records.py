@@ -149,10 +149,14 @@ def _reason_sql(f: Field, t: str, v: str) -> str:
 
 
 def _valid_sql(f: Field, t: str, v: str) -> str:
-    """SQL that is true exactly when _reason_sql(f, t, v) is NULL, without building text."""
+    """SQL that is true exactly when _reason_sql(f, t, v) is NULL, without building text.
+
+    The CASE of _reason_sql names the first check that holds; for a yes/no answer their
+    order does not matter, so this is `accepted, or no check holds` (a NULL check does
+    not hold, as in CASE), which DuckDB evaluates faster than a CASE per field."""
     accept, checks = _rules(f, t, v)
-    head = f"WHEN {accept} THEN true " if accept else ""
-    return "CASE " + head + " ".join(f"WHEN {c} THEN false" for c, _ in checks) + " ELSE true END"
+    none_hold = "NOT coalesce(" + " OR ".join(f"({c})" for c, _ in checks) + ", false)"
+    return f"(({accept}) IS TRUE OR {none_hold})" if accept else f"({none_hold})"
 
 
 def _value_sql(f: Field, v: str) -> str:
@@ -189,12 +193,6 @@ def _run_id_sql() -> str:
 
 
 _FROM_JSON_TYPE = {"int": "UBIGINT", "bool": "BOOLEAN"}  # all other kinds: VARCHAR
-_SOURCE_LEN = {  # bytes of a member `"name":value,` given its JSON type and value text v
-    "VARCHAR": "{n} + 6 + strlen({v})",
-    "BOOLEAN": "{n} + 4 + strlen({v})",
-    "UBIGINT": "{n} + 4 + strlen({v})",
-    "NULL": "{n} + 8",
-}
 
 
 def fast_sql(staged: str) -> str:
@@ -224,12 +222,11 @@ def fast_sql(staged: str) -> str:
         cols += [f"types[{i + 1}] AS {t}", f"{value} AS {v}"]
         checks.append(_valid_sql(f, t, v))
         n = len(f.name)
+        # only the types the rules accept matter: with any other, `ok` is false anyway
+        quotes = 0 if f.kind in _FROM_JSON_TYPE else 2
         members.append(
-            f"CASE WHEN {t} IS NULL THEN 0 "
-            + " ".join(
-                f"WHEN {t} = '{k}' THEN {e.format(n=n, v=v)}" for k, e in _SOURCE_LEN.items()
-            )
-            + f" ELSE -{MAX_LINE_BYTES} END"
+            f"CASE WHEN {t} IS NULL THEN 0 WHEN {t} = 'NULL' THEN {n + 8} "
+            f"ELSE {n + 4 + quotes} + strlen({v}) END"
         )
     values = ",\n        ".join(f"{_value_sql(f, 'v_' + f.name)} AS {_out_name(f)}" for f in FIELDS)
     return f"""

@@ -193,3 +193,25 @@ def test_loader_runs_and_rejects_match_the_slow_path(tmp_path: Path) -> None:
     reasons = sorted(r[0] for r in con.execute("SELECT reason FROM rejects").fetchall())
     assert reasons[0].startswith("invalid JSON")
     assert reasons[1] == "success: expected true or false, got varchar"
+
+
+def test_yes_no_rules_match_the_reasons() -> None:
+    """records._valid_sql is true exactly when records._reason_sql gives no reason."""
+    types = [None, "NULL", "VARCHAR", "BOOLEAN", "UBIGINT", "BIGINT", "DOUBLE", "OBJECT", "ARRAY"]
+    values = [
+        None, "", "null", "true", "false", "0", "1", "2", "255", "256", "-1", "x", "1.5",
+        "9223372036854775808", "a" * 40, "A1" * 20, "0" * 64, "0" * 39, "2026-01-29T10:30:45Z",
+        "2026-02-30T10:30:45Z", "2026-01-29T10:30:45.5+01:00", "2026-01-29 10:30:45",
+    ]  # fmt: skip
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("CREATE TABLE tv (t VARCHAR, v VARCHAR)")
+    # both paths give a value exactly when the JSON type is neither absent nor null
+    pairs = [(t, v) for t in types for v in values if (t in (None, "NULL")) == (v is None)]
+    con.executemany("INSERT INTO tv VALUES (?, ?)", pairs)
+    for f in records.FIELDS:
+        valid, reason = records._valid_sql(f, "t", "v"), records._reason_sql(f, "t", "v")
+        bad = con.execute(
+            f"SELECT t, v FROM tv WHERE ({valid}) IS DISTINCT FROM (({reason}) IS NULL)"
+        ).fetchall()
+        assert bad == [], (f.name, bad)

@@ -85,8 +85,9 @@ def main() -> None:
             note(f"history of {size >> 20} MiB: median {medians[-1] * 1000:.1f} ms "
                  f"over {calls} calls (max {max(times) * 1000:.1f} ms)")  # fmt: skip
         base = median_of(15, lambda: run_timed(["bash", "-c", "true"])[0])
-        emit(Figure("wrapper: write_puppet_state per run", medians[0], "s",
-                    "bash -c true", base, "< 0.100 s", medians[0] < 0.1))  # fmt: skip
+        worst = max(medians)  # of the three history sizes
+        emit(Figure("wrapper: write_puppet_state per run", worst, "s",
+                    "bash -c true", base, "< 0.100 s", worst < 0.1))  # fmt: skip
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
