@@ -155,8 +155,7 @@ def _insert_commits(con: duckdb.DuckDBPyConnection, commits: list[Commit], now: 
 
 
 def _count(con: duckdb.DuckDBPyConnection) -> int:
-    row = con.execute("SELECT count(*) FROM git_commits").fetchone()
-    return int(row[0]) if row else 0
+    return int(con.execute("SELECT count(*) FROM git_commits").fetchall()[0][0])
 
 
 def load_graph(con: duckdb.DuckDBPyConnection, repo: Path) -> GraphStats:
