@@ -11,11 +11,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
-from pipeline import analytics, gitgraph
 from test_analytics_support import add_run, build_repo, hour_base, open_db
 
+from pipeline import analytics, gitgraph
+
 H = 3600
+Fleet = tuple[duckdb.DuckDBPyConnection, dict[str, str], datetime]
 
 
 def at(base: datetime, hours: float) -> datetime:
@@ -47,7 +48,7 @@ def write_fleet(con: duckdb.DuckDBPyConnection, s: dict[str, str], base: datetim
 
 
 @pytest.fixture()
-def fleet(tmp_path: Path) -> tuple[duckdb.DuckDBPyConnection, dict[str, str], datetime]:
+def fleet(tmp_path: Path) -> Fleet:
     shas = build_repo(tmp_path / "puppet")
     con = open_db(tmp_path)
     base = hour_base(20)
@@ -59,7 +60,7 @@ def statuses(con: duckdb.DuckDBPyConnection, sha: str) -> dict[str, str]:
     return dict(con.execute("SELECT host, status FROM rollout(?)", [sha]).fetchall())
 
 
-def test_without_graph_only_the_exact_commit_counts(fleet: tuple) -> None:  # type: ignore[type-arg]
+def test_without_graph_only_the_exact_commit_counts(fleet: Fleet) -> None:
     con, s, _ = fleet
     assert statuses(con, s["T"]) == {
         "h1": "converged", "h2": "regressed", "h3": "regressed", "h4": "converged",
@@ -67,7 +68,7 @@ def test_without_graph_only_the_exact_commit_counts(fleet: tuple) -> None:  # ty
     }  # fmt: skip
 
 
-def test_with_graph_descendants_count(fleet: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+def test_with_graph_descendants_count(fleet: Fleet, tmp_path: Path) -> None:
     con, s, _ = fleet
     gitgraph.load_graph(con, tmp_path / "puppet")
     assert statuses(con, s["T"]) == {
@@ -79,7 +80,7 @@ def test_with_graph_descendants_count(fleet: tuple, tmp_path: Path) -> None:  # 
     assert summary[1:8] == (9, 4, 1, 2, 1, 1, 44.4)
 
 
-def test_rollout_in_depth(fleet: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+def test_rollout_in_depth(fleet: Fleet, tmp_path: Path) -> None:
     con, s, base = fleet
     gitgraph.load_graph(con, tmp_path / "puppet")
     r = analytics.rollout(con, s["T"])
@@ -107,7 +108,8 @@ def test_rollout_in_depth(fleet: tuple, tmp_path: Path) -> None:  # type: ignore
     assert curve == {base + timedelta(hours=i): n for i, n in enumerate(expected)}
     assert r.curve["converged"][-1] == summ["converged"]
     roles = {row["role"]: row for row in r.roles.iter_rows(named=True)}
-    assert (roles["web"]["hosts"], roles["web"]["converged"], roles["web"]["regressed"]) == (4, 3, 1)
+    web = roles["web"]
+    assert (web["hosts"], web["converged"], web["regressed"]) == (4, 3, 1)
     assert (roles["db"]["hosts"], roles["db"]["converged"], roles["db"]["pending"]) == (5, 1, 2)
     assert roles["db"]["pct_converged"] == 20.0
     # stragglers: longest waiting first; h3 left T at +3 h, h4 at +4 h
@@ -120,7 +122,7 @@ def test_rollout_in_depth(fleet: tuple, tmp_path: Path) -> None:  # type: ignore
     assert not r.complete
 
 
-def test_role_filter_and_branch_of_override(fleet: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+def test_role_filter_and_branch_of_override(fleet: Fleet, tmp_path: Path) -> None:
     con, s, _ = fleet
     gitgraph.load_graph(con, tmp_path / "puppet")
     r = analytics.rollout(con, s["T"], role="web")
