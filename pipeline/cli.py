@@ -8,7 +8,8 @@ commands so that `--help` starts instantly.
 from __future__ import annotations
 
 import sys
-from enum import Enum
+import time
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -147,6 +148,14 @@ def status(
     views.emit_status(frame, fmt.value)
 
 
+class Part(StrEnum):
+    hosts = "hosts"
+    roles = "roles"
+    curve = "curve"
+    stragglers = "stragglers"
+    summary = "summary"
+
+
 @app.command()
 def rollout(
     sha: Annotated[str, typer.Argument(help="Full sha or a unique prefix of 7+ hex digits.")],
@@ -155,22 +164,67 @@ def rollout(
         float | None, typer.Option("--min", help="Exit 3 when less than PCT %% converged.")
     ] = None,
     stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
+    part: Annotated[
+        Part | None, typer.Option(help="Only this part (json: an array; csv: default hosts).")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option(help="Ingest, refresh, repeat until complete (or --min met).")
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0, help="Seconds between refreshes.")] = 60.0,
+    from_dir: Annotated[
+        Path | None, typer.Option("--from", help="--watch: load this mirror directory each time.")
+    ] = None,
+    ingest_targets: Annotated[
+        list[str] | None, typer.Option("--ingest", help="--watch: collect these hosts each time.")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(min=1, help="--watch: stop after this many refreshes.")
+    ] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Progress of a commit across the fleet.
+    """Progress of a commit across the fleet, in depth: statuses, how far behind or ahead each
+    host is, time to converge (p50, p90, max), the hourly convergence curve, roles, stragglers.
 
     Example: fleetstate rollout 3f2a9c1 --role gecko_t_linux_talos --min 95
+             fleetstate rollout 3f2a9c1 --watch --interval 300 --ingest hosts.txt
+             fleetstate rollout 3f2a9c1 --format csv --part curve
     """
-    from pipeline import report, views
+    from pipeline import analytics, report, views
 
-    con = _open()
-    full = report.resolve_sha(con, sha)
-    summary, hosts = report.rollout(con, full, role, stale_hours)
-    views.emit_rollout(summary, hosts, fmt.value)
-    pct = summary["pct_converged"][0]
+    part_name = part.value if part else None
+    if not watch:
+        con = _open()
+        result = analytics.rollout(con, report.resolve_sha(con, sha), role, stale_hours)
+        views.emit_rollout_depth(result, fmt.value, part_name)
+    else:
+        refreshes = 0
+        while True:
+            if from_dir is not None or ingest_targets:
+                _ingest_quietly(ingest_targets, from_dir)
+            con = _open(read_only=False)
+            result = analytics.rollout(con, report.resolve_sha(con, sha), role, stale_hours)
+            con.close()
+            if fmt is Format.table and sys.stdout.isatty():
+                print("\033[H\033[2J", end="")
+            views.emit_rollout_depth(result, fmt.value, part_name)
+            refreshes += 1
+            met = min_pct is not None and (result.pct_converged or 0) >= min_pct
+            if result.complete or met or (iterations is not None and refreshes >= iterations):
+                break
+            time.sleep(interval)
+    pct = result.pct_converged
     if min_pct is not None and (pct is None or pct < min_pct):
         _progress(f"gate not met: {pct or 0}% converged < {min_pct}%")
         raise typer.Exit(Exit.GATE)
+
+
+def _ingest_quietly(targets: list[str] | None, from_dir: Path | None) -> None:
+    """The same ingest the user would run; hosts that fail are reported, not fatal, in a watch."""
+    try:
+        ingest(targets=targets, from_dir=from_dir)
+    except typer.Exit as exc:
+        if exc.exit_code != Exit.PARTIAL:
+            raise
 
 
 @app.command()

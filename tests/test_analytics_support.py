@@ -92,3 +92,31 @@ def hour_base(hours_ago: int = 20) -> datetime:
     """A whole hour `hours_ago` before now, so runs after it are within the staleness window."""
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     return now - timedelta(hours=hours_ago)
+
+
+def at(base: datetime, hours: float) -> datetime:
+    return base + timedelta(hours=hours, minutes=10)
+
+
+def write_fleet(con: duckdb.DuckDBPyConnection, s: dict[str, str], base: datetime) -> None:
+    """Target T first runs at base+0h10m (h1). Hours below are offsets from that."""
+    web, db = "web", "db"
+    add_run(con, "h1", at(base, 0), s["T"], role=web)
+    add_run(con, "h2", at(base, -1), s["B"], role=web)
+    add_run(con, "h2", at(base, 2), s["T"], role=web)
+    add_run(con, "h2", at(base, 5), s["M"], role=web)  # merge: a descendant of T
+    add_run(con, "h3", at(base, -1), s["B"], role=web)
+    add_run(con, "h3", at(base, 1), s["T"], role=web)
+    add_run(con, "h3", at(base, 3), s["H"], role=web, git_branch="hotfix", override_sha="o" * 64)
+    add_run(con, "h4", at(base, 1), s["T"], role=db)
+    add_run(con, "h4", at(base, 4), s["R"], ok=False, exit_code=1, role=db)  # revert: descendant
+    add_run(con, "h4", at(base, 6), s["R"], ok=False, exit_code=1, role=db)
+    add_run(con, "h5", at(base, -1), s["B"], role=db)
+    add_run(con, "h5", at(base, 3), s["E"], role=db, git_branch="feature", override_sha="f" * 64)
+    add_run(con, "h6", at(base, -10), s["B"], role=db)  # 30 h before now: stale
+    add_run(con, "h7", at(base, 2), s["D"], ok=False, exit_code=6, role=db)
+    add_run(con, "h7", at(base, 8), s["D"], role=db)
+    add_run(con, "h8", at(base, 10), s["R"], role=web)
+    add_run(con, "h9", at(base, -1), s["B"], role=db)
+    add_run(con, "h9", at(base, 2), s["T"], ok=False, exit_code=4, role=db)
+    add_run(con, "h9", at(base, 3), s["B"], role=db)
