@@ -47,8 +47,8 @@ def _refuse_real_warehouse(db: Path) -> None:
         return
     con = warehouse.connect(db, read_only=True)
     try:
-        made_by = con.execute("SELECT value FROM meta WHERE key = 'made_by'").fetchone()
-        runs = con.execute("SELECT count(*) FROM runs").fetchone()
+        made_by = (con.execute("SELECT value FROM meta WHERE key = 'made_by'").fetchall() or [None])[0]
+        runs = con.execute("SELECT count(*) FROM runs").fetchall()[0]
     except Exception:  # noqa: BLE001 -- an unreadable or foreign file is not ours to delete
         made_by, runs = None, (1,)
     finally:

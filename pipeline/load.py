@@ -10,6 +10,7 @@ the warehouse as it was before or after a batch, never between.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +27,8 @@ from pipeline.errors import FleetstateError
 HISTORY = "history.jsonl"
 OBSERVATIONS = "observations.jsonl"
 STATE_FILE = "last_run_metadata.json"
-BATCH_BYTES = 64 << 20  # bytes of input per transaction
+# bytes of input per transaction; tests lower it to make many small transactions
+BATCH_BYTES = int(os.environ.get("FLEETSTATE_BATCH_BYTES", 64 << 20))
 HEAD_BYTES = 4096  # fingerprint of a file's start, to notice a replaced file
 SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
 
@@ -102,7 +104,8 @@ def load_mirror(
             key = str(path.resolve())
             for start, data in _new_chunks(path, cursors.get(key), batch.stats):
                 _stage(batch, host, path.name, key, start, data)
-                batch.cursors.append((key, host, start + len(data), _head_sha(path)))
+                end = start + len(data)
+                batch.cursors.append((key, host, end, _head_sha(path, min(end, HEAD_BYTES))))
                 if batch.nbytes >= BATCH_BYTES:
                     _commit(con, batch)
                     total.merge(batch.stats)
@@ -121,7 +124,7 @@ def _read_cursors(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str | 
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def _head_sha(path: Path, upto: int = HEAD_BYTES) -> str:
+def _head_sha(path: Path, upto: int) -> str:
     with path.open("rb") as fh:
         return hashlib.sha256(fh.read(upto)).hexdigest()
 
@@ -136,7 +139,7 @@ def _new_chunks(
     """
     size = path.stat().st_size
     offset, head = cursor if cursor else (0, None)
-    if offset > size or (offset and head != _head_sha(path)):
+    if offset > size or (offset and head != _head_sha(path, min(offset, HEAD_BYTES))):
         offset = 0  # replaced or truncated: read again; run identity absorbs repeats
     if path.name == STATE_FILE:
         if offset != size or cursor is None:
@@ -386,5 +389,5 @@ def _insert_observations(con: duckdb.DuckDBPyConnection, batch: Batch, now: date
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    row = con.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608 -- fixed names
-    return int(row[0]) if row else 0
+    rows = con.execute(f"SELECT count(*) FROM {table}").fetchall()  # noqa: S608 -- fixed names
+    return int(rows[0][0])

@@ -93,8 +93,8 @@ def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.Da
         "SELECT count(*) FROM (SELECT host FROM runs WHERE host = ? UNION "
         "SELECT host FROM observations WHERE host = ?)",
         [host, host],
-    ).fetchone()
-    if not known or not known[0]:
+    ).fetchall()[0]
+    if not known[0]:
         raise FleetstateError(f"host {host!r} is not in the warehouse")
     return _frame(con, 
         """

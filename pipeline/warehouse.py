@@ -44,7 +44,9 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parent / "migrations"
 
 
-def connect(path: Path, read_only: bool = False, wait_s: float = 5.0) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: Path, read_only: bool = False, wait_s: float | None = None
+) -> duckdb.DuckDBPyConnection:
     """Open (and, when writable, migrate) the warehouse at `path`.
 
     Another process holding the write lock gets a short wait, then a clear error.
@@ -53,6 +55,8 @@ def connect(path: Path, read_only: bool = False, wait_s: float = 5.0) -> duckdb.
         raise WarehouseError(f"no warehouse at {path}: run `fleetstate ingest` (or `demo`) first")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
+    if wait_s is None:
+        wait_s = float(os.environ.get("FLEETSTATE_LOCK_WAIT_S", "5"))
     deadline = time.monotonic() + wait_s
     while True:
         try:

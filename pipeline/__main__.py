@@ -1,0 +1,5 @@
+"""`python -m pipeline` is `fleetstate`."""
+
+from pipeline.cli import main
+
+main()

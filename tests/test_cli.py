@@ -1,0 +1,200 @@
+"""The fleetstate command end to end, as a user runs it: a real process, a real warehouse."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from factories import SHA_A, SHA_B, ago, line, record, write_history, write_observation
+
+from pipeline import samplefleet
+
+REPO = Path(__file__).resolve().parent.parent
+COMMANDS = ("ingest", "status", "rollout", "history", "drift", "sql", "rebuild", "demo")
+
+
+def fs(db: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "--db", str(db), *args],
+        capture_output=True, text=True, cwd=cwd or REPO,
+        env={**os.environ, "FLEETSTATE_LOCK_WAIT_S": "1", "COLUMNS": "200"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, samplefleet.SampleSummary]:
+    """The sample fleet, generated to end now, ingested through the command."""
+    root = tmp_path_factory.mktemp("sample")
+    summary = samplefleet.generate(root / "mirror", datetime.now(UTC).replace(microsecond=0))
+    db = root / "wh.duckdb"
+    done = fs(db, "ingest", "--from", str(root / "mirror"))
+    assert done.returncode == 0, done.stderr
+    return db, summary
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) -> None:
+    done = fs(tmp_path / "x.duckdb", command, "--help")
+    assert done.returncode == 0
+    assert "Example:" in done.stdout
+
+
+def test_status_json_has_one_object_per_host_with_stable_keys(
+    sample: tuple[Path, samplefleet.SampleSummary],
+) -> None:
+    db, summary = sample
+    done = fs(db, "status", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert sorted(r["host"] for r in rows) == sorted(summary.hosts)
+    for key in ("host", "role", "os", "pp_sha", "pp_ts", "pp_success", "applied", "healthy",
+                "last_seen", "reachable"):
+        assert key in rows[0]
+    assert {r["applied"] for r in rows} <= {"Y", "N", "-", "?"}
+
+
+def test_status_table_shows_short_sha_and_ages(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+    db, summary = sample
+    done = fs(db, "status")
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[0].split()
+    assert header == ["HOST", "ROLE", "OS", "PP_SHA", "PP_LAST", "APPLIED", "HEALTHY", "LAST_SEEN"]
+    assert summary.newest_sha[:7] in done.stdout and summary.newest_sha[:8] not in done.stdout
+    assert "FAIL" in done.stdout
+    assert "\x1b[" not in done.stdout  # no colour when not a terminal
+    assert "hosts; applied:" in done.stderr
+
+
+def test_status_filter_on_typed_values(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+    db, summary = sample
+    failing = json.loads(fs(db, "status", "-f", "json", "--filter", "pp_success=false").stdout)
+    assert failing and all(r["pp_success"] is False for r in failing)
+    stale = json.loads(fs(db, "status", "-f", "json", "--filter", "pp_last>1d").stdout)
+    expected = {h for h, s in summary.expected_status.items() if s == "unreported"}
+    assert {r["host"] for r in stale} == expected
+    either = json.loads(fs(db, "status", "-f", "json", "--filter", "os=Darwin|Linux applied!=?").stdout)
+    assert len(either) == len(summary.hosts)
+    talos = json.loads(fs(db, "status", "-f", "json", "--filter", "role~TALOS sort:pp_last:desc").stdout)
+    assert talos and all("talos" in r["role"] for r in talos)
+    ages = [r["pp_age_s"] for r in talos]
+    assert ages == sorted(ages, reverse=True)
+    bad = fs(db, "status", "--filter", "nosuch=1")
+    assert bad.returncode == 1 and "unknown filter column" in bad.stderr
+
+
+def test_rollout_matches_the_sample_ground_truth(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+    db, summary = sample
+    done = fs(db, "rollout", summary.newest_sha[:9], "--format", "json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert {h["host"]: h["status"] for h in doc["hosts"]} == summary.expected_status
+    counts = doc["summary"]
+    for status in ("converged", "failed", "pending", "regressed", "unreported"):
+        assert counts[status] == list(summary.expected_status.values()).count(status)
+    assert counts["sha"] == summary.newest_sha
+
+
+def test_rollout_gate_exit_codes(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+    db, summary = sample
+    assert fs(db, "rollout", summary.newest_sha, "--min", "99").returncode == 3
+    assert fs(db, "rollout", summary.newest_sha, "--min", "10").returncode == 0
+    role = sorted(set(summary.roles.values()))[0]
+    done = fs(db, "rollout", summary.newest_sha, "--role", role, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert rows and {r["role"] for r in rows} == {role}
+
+
+def test_rollout_prefix_errors_name_the_problem(tmp_path: Path) -> None:
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    twins = ("abcdef1" + "0" * 33, "abcdef1" + "1" * 33)
+    write_history(mirror, "h", line(record(ago(hours=1), git_sha=twins[0], run_id="1"))
+                  + line(record(ago(hours=1), git_sha=twins[1], run_id="2")))
+    assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
+    ambiguous = fs(db, "rollout", "abcdef1")
+    assert ambiguous.returncode == 1 and "ambiguous" in ambiguous.stderr
+    assert "abcdef100000" in ambiguous.stderr and "abcdef111111" in ambiguous.stderr
+    unknown = fs(db, "rollout", "1234567")
+    assert unknown.returncode == 1 and "no commit starting with 1234567" in unknown.stderr
+    short = fs(db, "rollout", "abc")
+    assert short.returncode == 1 and "7+ hex" in short.stderr
+    assert "Traceback" not in ambiguous.stderr + unknown.stderr + short.stderr
+
+
+def test_history_newest_first(tmp_path: Path) -> None:
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    write_history(mirror, "h", line(record(ago(hours=2), git_sha=SHA_A, run_id="old"))
+                  + line(record(ago(hours=1), git_sha=SHA_B, run_id="new")))
+    fs(db, "ingest", "--from", str(mirror))
+    rows = json.loads(fs(db, "history", "h", "--format", "json").stdout)
+    assert [r["run_id"] for r in rows] == ["new", "old"]
+    missing = fs(db, "history", "nope")
+    assert missing.returncode == 1 and "not in the warehouse" in missing.stderr
+
+
+def test_drift_json_and_since(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+    db, _ = sample
+    week = json.loads(fs(db, "drift", "--since", "7d", "--format", "json").stdout)
+    month = json.loads(fs(db, "drift", "--since", "40d", "--format", "json").stdout)
+    assert 0 < len(week) < len(month)
+    assert {"day", "role", "hosts", "distinct_shas", "modal_sha", "off_modal", "failing"} <= set(week[0])
+    bad = fs(db, "drift", "--since", "soon")
+    assert bad.returncode == 1 and "not a duration" in bad.stderr
+
+
+def test_sql_is_read_only(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+    db, summary = sample
+    done = fs(db, "sql", "SELECT count(*) AS n FROM host_state", "--format", "json")
+    assert json.loads(done.stdout) == [{"n": len(summary.hosts)}]
+    for write in ("DELETE FROM runs", "CREATE TABLE x (i INT)", "INSERT INTO meta VALUES ('a', 'b')",
+                  "ATTACH '/tmp/other.duckdb' AS o", "COPY runs TO '/tmp/leak.csv'"):
+        refused = fs(db, "sql", write)
+        assert refused.returncode == 1, write
+        assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert not Path("/tmp/leak.csv").exists()
+    assert json.loads(fs(db, "sql", "SELECT count(*) AS n FROM runs", "-f", "json").stdout)[0]["n"] > 0
+
+
+def test_rejects_are_queryable_with_their_bytes(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+    db, summary = sample
+    rows = json.loads(fs(db, "sql", "SELECT host, byte_offset, reason FROM rejects", "-f", "json").stdout)
+    assert sorted((r["host"], r["byte_offset"]) for r in rows) == sorted(
+        (m.host, m.byte_offset) for m in summary.malformed
+    )
+
+
+def test_demo_runs_and_refuses_to_overwrite_real_data(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "fleetstate.duckdb"
+    done = fs(db, "demo", "--mirror", str(tmp_path / "demo-mirror"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "converged" in done.stdout and "HOST" in done.stdout
+    again = fs(db, "demo", "--mirror", str(tmp_path / "demo-mirror"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    real = tmp_path / "real.duckdb"
+    write_history(tmp_path / "m", "h", line(record(run_id="x")))
+    write_observation(tmp_path / "m", "h")
+    fs(real, "ingest", "--from", str(tmp_path / "m"))
+    refused = fs(real, "demo", "--mirror", str(tmp_path / "demo-mirror"))
+    assert refused.returncode == 1 and "holds real data" in refused.stderr
+
+
+def test_rebuild_from_the_mirror_gives_the_same_warehouse(tmp_path: Path) -> None:
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    write_history(mirror, "h", line(record(run_id="a")) + b"bad\n" + line(record(run_id="b")))
+    fs(db, "ingest", "--from", str(mirror))
+    before = fs(db, "sql", "SELECT run_id FROM runs ORDER BY 1", "-f", "json").stdout
+    done = fs(db, "rebuild", "--mirror", str(mirror))
+    assert done.returncode == 0, done.stderr
+    assert fs(db, "sql", "SELECT run_id FROM runs ORDER BY 1", "-f", "json").stdout == before
+    assert json.loads(fs(db, "sql", "SELECT count(*) n FROM rejects", "-f", "json").stdout) == [{"n": 1}]
+
+
+def test_missing_warehouse_is_a_clear_error(tmp_path: Path) -> None:
+    done = fs(tmp_path / "none.duckdb", "status")
+    assert done.returncode == 1 and "no warehouse" in done.stderr

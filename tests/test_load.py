@@ -1,0 +1,174 @@
+"""The loader's promises: incremental, idempotent, atomic under kill -9, clear when locked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from factories import line, record, write_history
+
+from pipeline import load, warehouse
+from pipeline.warehouse import WarehouseError
+
+HOST = "h1.example.com"
+
+
+def counts(con: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
+    row = con.execute(
+        "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM rejects), "
+        "(SELECT count(*) FROM observations)"
+    ).fetchall()[0]
+    return (row[0], row[1], row[2])
+
+
+def runs_fingerprint(con: duckdb.DuckDBPyConnection) -> list[tuple[object, ...]]:
+    return con.execute(
+        "SELECT host, run_id, ts, success, git_sha, byte_offset FROM runs ORDER BY host, run_id"
+    ).fetchall()
+
+
+def test_reload_adds_nothing_and_reads_nothing(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    mirror = tmp_path / "m"
+    write_history(mirror, HOST, b"".join(line(record(run_id=f"r{i}")) for i in range(50)) + b"oops\n")
+    first = load.load_mirror(con, mirror)
+    assert (first.runs_added, first.rejects_added) == (50, 1)
+    second = load.load_mirror(con, mirror)
+    assert (second.bytes_read, second.runs_added, second.rejects_added) == (0, 0, 0)
+    assert counts(con) == (50, 1, 0)
+
+
+def test_only_new_bytes_are_read(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    mirror = tmp_path / "m"
+    first = line(record(run_id="a"))
+    write_history(mirror, HOST, first)
+    load.load_mirror(con, mirror)
+    more = line(record(run_id="b"))
+    write_history(mirror, HOST, more)
+    stats = load.load_mirror(con, mirror)
+    assert stats.bytes_read == len(more) and stats.runs_added == 1
+    offsets = con.execute("SELECT byte_offset FROM runs ORDER BY byte_offset").fetchall()
+    assert offsets == [(0,), (len(first),)]
+
+
+def test_partial_final_line_waits_for_its_newline(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    mirror = tmp_path / "m"
+    whole, half = line(record(run_id="a")), line(record(run_id="b"))
+    write_history(mirror, HOST, whole + half[:30])
+    stats = load.load_mirror(con, mirror)
+    assert stats.runs_added == 1 and stats.pending_bytes == 30 and counts(con)[1] == 0
+    write_history(mirror, HOST, half[30:])
+    assert load.load_mirror(con, mirror).runs_added == 1
+    assert counts(con) == (2, 0, 0)
+
+
+def test_the_same_bytes_twice_are_one_run(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+    mirror = tmp_path / "m"
+    dup = line(record())  # no run_id: identity is derived from content
+    write_history(mirror, HOST, dup + dup + line(record(run_id="x")) + line(record(run_id="x")))
+    load.load_mirror(con, mirror)
+    # the same bytes in a second mirror directory (another copy of the archive)
+    write_history(tmp_path / "copy", HOST, dup)
+    load.load_mirror(con, tmp_path / "copy")
+    assert counts(con) == (2, 0, 0)
+
+
+def test_replaced_file_is_read_again_without_duplicates(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    mirror = tmp_path / "m"
+    write_history(mirror, HOST, line(record(run_id="a")) + line(record(run_id="b")))
+    load.load_mirror(con, mirror)
+    # a rebuilt mirror: different first bytes, one old run and one new one
+    write_history(mirror, HOST, line(record(run_id="b")) + line(record(run_id="c")), append=False)
+    load.load_mirror(con, mirror)
+    assert [r[1] for r in runs_fingerprint(con)] == ["a", "b", "c"]
+
+
+def test_locked_warehouse_is_a_clear_error(db_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb,sys,time; c=duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(30)",
+         str(db_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(WarehouseError, match="locked by another fleetstate process"):
+            warehouse.connect(db_path, wait_s=0.5)
+        cli = subprocess.run(
+            [sys.executable, "-m", "pipeline", "--db", str(db_path), "status"],
+            capture_output=True, text=True, env={**os.environ, "FLEETSTATE_LOCK_WAIT_S": "0.5"},
+        )  # fmt: skip
+        assert cli.returncode == 1
+        assert cli.stderr.count("\n") == 1 and "locked" in cli.stderr
+        assert "Traceback" not in cli.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _big_mirror(root: Path, hosts: int = 6, runs: int = 3000) -> None:
+    for h in range(hosts):
+        lines = [line(record(ts=f"2026-{1 + i % 12:02d}-01T00:00:{i % 60:02d}Z", run_id=f"{h}-{i}",
+                             role=f"role-{i % 7}")) for i in range(runs)]
+        lines.insert(runs // 2, b"garbage line\n")
+        write_history(root, f"host{h}.example.com", b"".join(lines))
+
+
+def _consistent(con: duckdb.DuckDBPyConnection) -> None:
+    """Rows exist exactly for the lines before each file's cursor."""
+    bad = con.execute(
+        """
+        SELECT c.source_path FROM load_cursors c
+        LEFT JOIN (SELECT source_path, max(byte_offset) AS last FROM
+                   (SELECT source_path, byte_offset FROM runs UNION ALL
+                    SELECT source_path, byte_offset FROM rejects) GROUP BY source_path) r
+          USING (source_path)
+        WHERE r.last >= c.byte_offset
+        """
+    ).fetchall()
+    assert bad == []
+    orphans = con.execute(
+        "SELECT count(*) FROM runs WHERE source_path NOT IN (SELECT source_path FROM load_cursors)"
+    ).fetchall()
+    assert orphans == [(0,)]
+
+
+@pytest.mark.parametrize("kill_after_s", [0.4, 0.9, 1.5])
+def test_kill_9_mid_load_then_rerun_equals_one_clean_load(tmp_path: Path, kill_after_s: float) -> None:
+    mirror = tmp_path / "m"
+    _big_mirror(mirror)
+    clean_db = tmp_path / "clean.duckdb"
+    clean = warehouse.connect(clean_db)
+    load.load_mirror(clean, mirror)
+    expected, expected_runs = counts(clean), runs_fingerprint(clean)
+    clean.close()
+
+    db = tmp_path / "killed.duckdb"
+    env = {**os.environ, "FLEETSTATE_BATCH_BYTES": "200000"}
+    cmd = [sys.executable, "-m", "pipeline", "--db", str(db), "ingest", "--from", str(mirror)]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    time.sleep(kill_after_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    con = warehouse.connect(db)
+    _consistent(con)
+    partial = counts(con)
+    con.close()
+    print('partial', partial, 'of', expected)
+    assert partial[0] <= expected[0]
+    done = subprocess.run(cmd, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    con = warehouse.connect(db)
+    assert counts(con) == expected
+    assert runs_fingerprint(con) == expected_runs
+    _consistent(con)
