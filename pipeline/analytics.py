@@ -92,3 +92,43 @@ def rollout(
     ).pl()
     curve = con.sql("SELECT * FROM rollout_curve(?, only_role := ?)", params=[sha, role]).pl()
     return Rollout(summary=summary, hosts=hosts, roles=roles, curve=curve, stragglers=stragglers)
+
+
+def drift(
+    con: duckdb.DuckDBPyConnection, since_s: int, role: str | None = None
+) -> pl.DataFrame:
+    """drift_daily rows for the days within `since_s` seconds of now, optionally one role."""
+    frame: pl.DataFrame = con.sql(
+        """
+        SELECT * FROM drift_daily
+        WHERE day >= CAST(now() - to_seconds(?) AS DATE) AND (? IS NULL OR role = ?)
+        ORDER BY day, role
+        """,
+        params=[since_s, role, role],
+    ).pl()
+    return frame
+
+
+def drift_by_day(daily: pl.DataFrame) -> pl.DataFrame:
+    """drift_daily summed over roles: one row per day for the chart (modal is per role, so
+    off_modal here is the hosts off their own role's modal commit)."""
+    counts = ["hosts", "off_modal", "failing", "with_override", "dirty",
+              "override_differs", "vault_differs"]  # fmt: skip
+    return daily.group_by("day").agg([pl.col(c).sum() for c in counts]).sort("day")
+
+
+def intervals(
+    con: duckdb.DuckDBPyConnection, since_s: int, host: str | None = None,
+    role: str | None = None,
+) -> pl.DataFrame:  # fmt: skip
+    """host_intervals overlapping the last `since_s` seconds."""
+    frame: pl.DataFrame = con.sql(
+        """
+        SELECT * FROM host_intervals
+        WHERE coalesce(to_ts, now()) >= now() - to_seconds(?)
+          AND (? IS NULL OR host = ?) AND (? IS NULL OR role = ?)
+        ORDER BY host, from_ts
+        """,
+        params=[since_s, host, host, role, role],
+    ).pl()
+    return frame

@@ -242,20 +242,38 @@ def history(
     views.emit_history(report.history(_open(), host, limit), fmt.value)
 
 
+class DriftPart(StrEnum):
+    daily = "daily"
+    intervals = "intervals"
+
+
 @app.command()
 def drift(
     since: Annotated[str, typer.Option(help="How far back: 30d, 12h, 2w.")] = "30d",
     role: Annotated[str | None, typer.Option(help="Only this role.")] = None,
+    part: Annotated[
+        DriftPart, typer.Option(help="daily (drift_daily) or intervals (host_intervals).")
+    ] = DriftPart.daily,
+    host: Annotated[str | None, typer.Option(help="intervals: only this host.")] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Drift over time: per day and role, how many commits the fleet ran and who was off the norm.
+    """Drift over time: per day and role, how many commits the fleet ran and who was off the
+    norm, failing, overridden, dirty, or not running its current override or vault.
 
     Example: fleetstate drift --since 14d --format csv
+             fleetstate drift --part intervals --host t-linux64-ms-001.test.releng.mdc1.mozilla.com
     """
-    from pipeline import render, report
+    from pipeline import analytics, render, report, views
 
-    frame = report.drift(_open(), report.parse_duration(since), role)
-    render.emit(frame, fmt.value, title=f"drift over the last {since}")
+    con = _open()
+    since_s = report.parse_duration(since)
+    if part is DriftPart.intervals:
+        frame = analytics.intervals(con, since_s, host, role)
+        render.emit(frame, fmt.value, title=f"commit intervals over the last {since}")
+        return
+    daily = analytics.drift(con, since_s, role)
+    title = f"drift over the last {since}"
+    views.emit_drift(daily, analytics.drift_by_day(daily), fmt.value, title)
 
 
 @app.command()

@@ -204,3 +204,35 @@ def _hosts_table(frame: pl.DataFrame) -> pl.DataFrame:
         "latest_ts", "latest_exit_code", "converged_at",
         pl.Series("to_converge", [_dur(x) for x in frame["time_to_converge_s"]], dtype=pl.Utf8),
     )  # fmt: skip
+
+
+def emit_drift(daily: pl.DataFrame, by_day: pl.DataFrame, fmt: str, title: str) -> None:
+    """json/csv: the drift_daily rows; table: a chart of drift by day, then the rows."""
+    if fmt != "table":
+        render.emit(daily, fmt)
+        return
+    for line in drift_chart(by_day):
+        print(line)
+    print()
+    table = daily.with_columns(pl.col("modal_sha").str.slice(0, 7))
+    render.emit(table, "table", title=title,
+                styles={"off_modal": lambda v: "yellow" if v else None,
+                        "failing": lambda v: "bold red" if v else None})  # fmt: skip
+
+
+def drift_chart(by_day: pl.DataFrame) -> list[str]:
+    """One line a day: the share of reporting hosts off their role's modal commit."""
+    if by_day.is_empty():
+        return []
+    notes = [
+        f"{off}/{n} off modal, {fail} failing, {diff} config not applied"
+        for off, n, fail, diff in zip(
+            by_day["off_modal"], by_day["hosts"], by_day["failing"],
+            by_day["override_differs"] + by_day["vault_differs"], strict=True,
+        )
+    ]  # fmt: skip
+    share = [100.0 * o / n if n else 0.0 for o, n in zip(by_day["off_modal"], by_day["hosts"],
+                                                         strict=True)]  # fmt: skip
+    lines = ["hosts off their role's modal commit, by day (bar: share of hosts reporting)"]
+    lines += charts.hbars([str(d) for d in by_day["day"]], share, width=40, top=100, notes=notes)
+    return lines
