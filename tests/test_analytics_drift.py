@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 C1, C2 = "1" * 40, "2" * 40
-O, V1, V2 = "a" * 64, "b" * 64, "c" * 64
-START = date.today() - timedelta(days=40)
+OV, V1, V2 = "a" * 64, "b" * 64, "c" * 64
+START = datetime.now(UTC).date() - timedelta(days=40)
 
 
 def t(day: int, hour: int) -> datetime:
@@ -47,12 +47,12 @@ def month(con: duckdb.DuckDBPyConnection) -> None:
             for hour in (6, 18):
                 ok = not (host == "w4" and hour == 18 and 18 <= day <= 20)
                 add_run(con, host, t(day, hour), sha_of(host, day), ok=ok, role=role,
-                        override_sha=O if host == "w2" and 21 <= day <= 25 else None,
+                        override_sha=OV if host == "w2" and 21 <= day <= 25 else None,
                         git_dirty=host == "w2" and day in (22, 23),
                         vault_sha=V2 if host == "w3" and day >= 26 else V1)  # fmt: skip
     observe(con, "w3", t(1, 0), None, V1)
     observe(con, "w3", t(24, 12), None, V2)
-    observe(con, "d2", t(27, 12), O, V1)
+    observe(con, "d2", t(27, 12), OV, V1)
 
 
 def observe(con: duckdb.DuckDBPyConnection, host: str, when: datetime, override: str | None,
