@@ -7,7 +7,7 @@ are read off that description by hand, not computed by the code under test.
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
