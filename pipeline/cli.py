@@ -326,6 +326,85 @@ def demo(
     demo_mod.run(state.db, mirror, _progress)
 
 
+@app.command("ingest-git")
+def ingest_git(
+    repo: Annotated[Path, typer.Argument(help="A local clone of the puppet repository.")],
+) -> None:
+    """Load the puppet repository's commit graph (new commits and branch tips) from a clone.
+
+    Afterwards a host on a descendant of a rollout's target counts as at the target.
+    Incremental: commits reachable from the branch tips saved last time are not read again.
+
+    Example: git -C ~/ronin_puppet fetch && fleetstate ingest-git ~/ronin_puppet
+    """
+    from pipeline import gitgraph
+
+    stats = gitgraph.load_graph(_open(read_only=False), repo)
+    _progress(
+        f"{stats.commits_added:,} new commits, {stats.refs} branches "
+        f"({stats.refs_changed} moved, created or deleted)"
+    )
+
+
+@app.command("ingest-workers")
+def ingest_workers(
+    pools: Annotated[
+        list[str],
+        typer.Option("--pool", envvar="FLEETSTATE_WORKER_POOLS",
+                     help="provisionerId/workerType; repeat, or comma-separate in the env var."),
+    ],
+    root_url: Annotated[
+        str, typer.Option(envvar="TASKCLUSTER_ROOT_URL", help="Taskcluster deployment root URL.")
+    ],
+    timeout: Annotated[float, typer.Option(help="Seconds per HTTP request.")] = 30.0,
+) -> None:
+    """Record each worker's last-active time and quarantine from Taskcluster's queue (HEALTHY).
+
+    Workers match hosts by short host name; unmatched workers are counted, not stored.
+
+    Example: fleetstate ingest-workers --root-url https://firefox-ci-tc.services.mozilla.com \\
+                 --pool releng-hardware/gecko-t-linux-talos
+    """
+    from pipeline import activity
+
+    names = [p.strip() for item in pools for p in item.split(",") if p.strip()]
+    fetched = [(pool, activity.fetch_workers(root_url, pool, timeout)) for pool in names]
+    con = _open(read_only=False)
+    for pool, workers in fetched:
+        stats = activity.save_activity(con, root_url, pool, workers)
+        _progress(f"{pool}: {stats.workers} workers, {stats.matched} matched a host"
+                  + (f", unmatched: {' '.join(stats.unmatched[:10])}" if stats.unmatched else ""))
+
+
+@app.command()
+def metrics(
+    out: Annotated[
+        Path | None, typer.Option(help="Write this file atomically (a .prom file for the "
+                                       "node_exporter textfile collector); default stdout."),
+    ] = None,
+    rollout_sha: Annotated[
+        str | None, typer.Option("--rollout", envvar="FLEETSTATE_ROLLOUT_SHA",
+                                 help="Also export the rollout share of this commit."),
+    ] = None,
+    stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
+) -> None:
+    """The fleet state in Prometheus text format: last run time and success, applied commit,
+    override applied, healthy, and a configured commit's rollout share.
+
+    Example: fleetstate metrics --rollout 3f2a9c1 --out /var/lib/node_exporter/fleetstate.prom
+    """
+    from pipeline import metrics as metrics_mod
+    from pipeline import report
+
+    con = _open()
+    sha = report.resolve_sha(con, rollout_sha) if rollout_sha else None
+    text = metrics_mod.exposition(con, sha, stale_hours)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        metrics_mod.write_textfile(out, text)
+
+
 def main() -> None:
     """Entry point: run the app, mapping domain errors to one line and exit code 1."""
     try:
