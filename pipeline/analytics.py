@@ -75,6 +75,19 @@ _STRAGGLERS = """
 """
 
 
+# rollout_by_role(), from the per-host rows already computed
+_ROLES = """
+    SELECT role, count(*) AS hosts,
+        count(*) FILTER (WHERE status = 'converged') AS converged,
+        count(*) FILTER (WHERE status = 'failed') AS failed,
+        count(*) FILTER (WHERE status = 'pending') AS pending,
+        count(*) FILTER (WHERE status = 'regressed') AS regressed,
+        count(*) FILTER (WHERE status = 'unreported') AS unreported,
+        round(100.0 * count(*) FILTER (WHERE status = 'converged') / count(*), 1) AS pct_converged
+    FROM rollout_hosts_frame GROUP BY role ORDER BY role NULLS LAST
+"""
+
+
 def rollout(
     con: duckdb.DuckDBPyConnection, sha: str, role: str | None = None, stale_hours: int = 24
 ) -> Rollout:
@@ -84,12 +97,9 @@ def rollout(
     try:
         summary = con.sql(_SUMMARY, params=[sha, sha, sha, sha, sha]).pl()
         stragglers = con.sql(_STRAGGLERS).pl()
+        roles = con.sql(_ROLES).pl()
     finally:
         con.unregister("rollout_hosts_frame")
-    roles = con.sql(
-        "SELECT * FROM rollout_by_role(?, stale_hours := ?) WHERE ? IS NULL OR role = ?",
-        params=[sha, stale_hours, role, role],
-    ).pl()
     curve = con.sql("SELECT * FROM rollout_curve(?, only_role := ?)", params=[sha, role]).pl()
     return Rollout(summary=summary, hosts=hosts, roles=roles, curve=curve, stragglers=stragglers)
 

@@ -9,7 +9,8 @@ WITH ev AS (
           - coalesce(CAST(lag(e.converged) OVER (PARTITION BY e.host ORDER BY e.seq) AS INTEGER), 0)
           AS delta
     FROM rollout_events(target) e
-    WHERE only_role IS NULL OR e.host IN (SELECT host FROM host_state WHERE role = only_role)
+    WHERE only_role IS NULL
+       OR e.host IN (SELECT host FROM rollout(target) WHERE role = only_role)
 ), hourly AS (
     SELECT date_trunc('hour', ts) AS hour, sum(delta) AS delta FROM ev GROUP BY ALL
 ), hours AS (

@@ -114,6 +114,7 @@ def main() -> None:
     if not (args.reuse and path.exists()):
         print(f"# generating {path} ...", flush=True)
         print(f"# generated in {generate(path, args.hosts, args.days):.1f} s", flush=True)
+    warehouse.connect(path).close()  # (re)apply queries/: a reused file may hold older SQL
     con = warehouse.connect(path, read_only=True)
     runs = con.execute("SELECT count(*), count(DISTINCT host) FROM runs").fetchall()[0]
     sha = con.execute("SELECT sha FROM git_refs WHERE name = 'main'").fetchall()[0][0]
