@@ -50,7 +50,8 @@ WITH hosts AS (
     FROM slots
 )
 SELECT host, h || '-' || k, ts, ts - INTERVAL 3 MINUTE, 180, ok,
-    CASE WHEN ok THEN (CASE WHEN k % 48 = 0 THEN 2 ELSE 0 END) ELSE [1, 4, 6][CAST(1 + hash(k) % 3 AS BIGINT)] END,
+    CASE WHEN ok THEN (CASE WHEN k % 48 = 0 THEN 2 ELSE 0 END)
+         ELSE [1, 4, 6][CAST(1 + hash(k) % 3 AS BIGINT)] END,
     role, 'https://github.com/mozilla-platform-ops/ronin_puppet.git',
     CASE WHEN h % 50 = 0 THEN 'relops-test' ELSE 'master' END,
     substr(sha256('commit-' || least(c, $days - 1)), 1, 40),
@@ -63,7 +64,8 @@ INSERT INTO observations (host, observed_at, reachable, os, role, override_prese
                           override_sha, vault_sha, loaded_at)
 SELECT host, max(ts) + INTERVAL 1 MINUTE, true, 'Linux', any_value(role), h_override IS NOT NULL,
     h_override, sha256('vault-' || any_value(role)), now()
-FROM (SELECT host, ts, role, override_sha AS h_override FROM runs WHERE ts >= now() - INTERVAL 1 DAY)
+FROM (SELECT host, ts, role, override_sha AS h_override FROM runs
+      WHERE ts >= now() - INTERVAL 1 DAY)
 GROUP BY host, h_override;
 
 INSERT INTO worker_activity (host, observed_at, worker_pool, worker_id, last_active)
@@ -119,7 +121,8 @@ def main() -> None:
     runs = con.execute("SELECT count(*), count(DISTINCT host) FROM runs").fetchall()[0]
     sha = con.execute("SELECT sha FROM git_refs WHERE name = 'main'").fetchall()[0][0]
     week_old = con.execute(
-        "SELECT sha FROM git_commits ORDER BY commit_time DESC LIMIT 1 OFFSET 7").fetchall()  # fmt: skip
+        "SELECT sha FROM git_commits ORDER BY commit_time DESC LIMIT 1 OFFSET 7"
+    ).fetchall()
     print(f"# {runs[0]:,} runs, {runs[1]:,} hosts, {size_on_disk(path) / 2**20:,.0f} MiB on disk,"
           f" duckdb {duckdb.__version__}, best of {args.repeat}")  # fmt: skip
     baseline = best(lambda: con.execute(BASELINE).fetchall(), args.repeat)
