@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from enum import Enum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
@@ -49,7 +49,9 @@ state = State()
 def main_options(
     db: Annotated[
         Path | None,
-        typer.Option(envvar="FLEETSTATE_DB", help="Warehouse file [default: data/fleetstate.duckdb]."),
+        typer.Option(
+            envvar="FLEETSTATE_DB", help="Warehouse file [default: data/fleetstate.duckdb]."
+        ),
     ] = None,
 ) -> None:
     """Ground truth of what masterless Puppet applied on every host, and when."""
@@ -70,11 +72,15 @@ def _progress(message: str) -> None:
 
 @app.command()
 def ingest(
-    targets: Annotated[list[str] | None, typer.Argument(help="Host names or host-list files.")] = None,
+    targets: Annotated[
+        list[str] | None, typer.Argument(help="Host names or host-list files.")
+    ] = None,
     from_dir: Annotated[
         Path | None, typer.Option("--from", help="Load a mirror-layout directory instead of SSH.")
     ] = None,
-    mirror: Annotated[Path, typer.Option(help="Where collected bytes are kept.")] = Path("data/mirror"),
+    mirror: Annotated[Path, typer.Option(help="Where collected bytes are kept.")] = Path(
+        "data/mirror"
+    ),
     jobs: Annotated[int, typer.Option(min=1, max=256, help="Hosts collected at once.")] = 16,
     accept_new_host_keys: Annotated[
         bool, typer.Option(help="Trust and save keys of hosts not yet in known_hosts.")
@@ -95,7 +101,8 @@ def ingest(
         raise typer.BadParameter("give host names or host-list files, or --from DIR")
     failed: dict[str, str] = {}
     if targets:
-        from pipeline import collect, targets as targets_mod
+        from pipeline import collect
+        from pipeline import targets as targets_mod
         from pipeline.mirror import Mirror
 
         hosts = targets_mod.parse_targets(targets)
@@ -108,15 +115,21 @@ def ingest(
         from_dir = mirror
         for host, error in sorted(failed.items()):
             _progress(f"failed: {host}: {error}")
+    assert from_dir is not None
     con = _open(read_only=False)
     stats = load.load_mirror(
-        con, from_dir, progress=lambda s: _progress(f"loaded {s.bytes_read:,} bytes, {s.runs_added:,} runs")
+        con,
+        from_dir,
+        progress=lambda s: _progress(f"loaded {s.bytes_read:,} bytes, {s.runs_added:,} runs"),
     )
     _progress(
         f"{stats.files} files, {stats.lines:,} new lines: {stats.runs_added:,} runs, "
         f"{stats.observations_added:,} observations, {stats.rejects_added:,} rejects"
-        + (f", {stats.pending_bytes:,} bytes of unfinished lines left for next time"
-           if stats.pending_bytes else "")
+        + (
+            f", {stats.pending_bytes:,} bytes of unfinished lines left for next time"
+            if stats.pending_bytes
+            else ""
+        )
     )
     if failed:
         raise typer.Exit(Exit.PARTIAL)
@@ -133,7 +146,8 @@ def _collect_progress() -> Any:
 @app.command()
 def status(
     filter_: Annotated[
-        str, typer.Option("--filter", help="e.g. 'applied=N role~talos pp_last>20h sort:pp_last:desc'")
+        str,
+        typer.Option("--filter", help="e.g. 'applied=N role~talos pp_last>20h sort:pp_last:desc'"),
     ] = "",
     fmt: FormatOpt = Format.table,
 ) -> None:
@@ -313,9 +327,9 @@ def rebuild(
 
 @app.command()
 def demo(
-    mirror: Annotated[
-        Path, typer.Option(help="Where the sample fleet is written.")
-    ] = Path("data/demo-mirror"),
+    mirror: Annotated[Path, typer.Option(help="Where the sample fleet is written.")] = Path(
+        "data/demo-mirror"
+    ),
 ) -> None:
     """Run the whole pipeline on the bundled sample fleet: generate, ingest, status, rollout.
 

@@ -37,7 +37,7 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
     summary_frame, hosts = report.rollout(con, sha)
     views.emit_rollout(summary_frame, hosts, "table")
     say(
-        "\nnext: fleetstate status --filter 'applied=N|?'   fleetstate rollout "
+        "\nnext: fleetstate status --filter 'applied=N|?'   fleetstate rollout "  # noqa: S608
         f"{sha[:7]}   fleetstate drift   fleetstate sql 'SELECT * FROM rejects'"
     )
 
@@ -47,7 +47,8 @@ def _refuse_real_warehouse(db: Path) -> None:
         return
     con = warehouse.connect(db, read_only=True)
     try:
-        made_by = (con.execute("SELECT value FROM meta WHERE key = 'made_by'").fetchall() or [None])[0]
+        found = con.execute("SELECT value FROM meta WHERE key = 'made_by'").fetchall()
+        made_by = found[0] if found else None
         runs = con.execute("SELECT count(*) FROM runs").fetchall()[0]
     except Exception:  # noqa: BLE001 -- an unreadable or foreign file is not ours to delete
         made_by, runs = None, (1,)

@@ -1,4 +1,4 @@
-"""The status filter language operators already type: `applied=N role~talos pp_last>20h sort:pp_last:desc`.
+"""The status filter language: `applied=N role~talos pp_last>20h sort:pp_last:desc`.
 
 Each space-separated term is `column OP value` (OP one of = != ~ > < >= <=) and all
 must hold; `a|b` means either; an empty value means missing; on age columns a value
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -105,10 +106,11 @@ def _alternative(column: str, kind: str, op: str, raw: str) -> pl.Expr:
         "=": col == value, "!=": col != value, ">": col > value,
         "<": col < value, ">=": col >= value, "<=": col <= value,
     }  # fmt: skip
-    return ops[op]
+    result: pl.Expr = ops[op]
+    return result
 
 
-def _typed(kind: str, raw: str) -> object:
+def _typed(kind: str, raw: str) -> Any:
     if kind == "age":
         return parse_duration(raw)
     if kind == "int":

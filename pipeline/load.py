@@ -251,7 +251,7 @@ def _stage_observations(batch: Batch, host: str, key: str, start: int, data: byt
 
 
 def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
-    """Parse the staged lines and write runs, rejects, observations and cursors in one transaction."""
+    """Parse staged lines; write runs, rejects, observations and cursors in one transaction."""
     if not batch.cursors:
         return
     now = datetime.now(UTC)
@@ -369,8 +369,11 @@ def _insert_observations(con: duckdb.DuckDBPyConnection, batch: Batch, now: date
     rows = [tuple(o.get(c) for c in OBS_COLUMNS) for o in batch.observations]
     table = pa.table(
         {c: [r[i] for r in rows] for i, c in enumerate(OBS_COLUMNS) if c != "observed_at"}
-        | {"observed_at": pa.array([o["observed_at"] for o in batch.observations],
-                                   pa.timestamp("us", tz="UTC"))}
+        | {
+            "observed_at": pa.array(
+                [o["observed_at"] for o in batch.observations], pa.timestamp("us", tz="UTC")
+            )
+        }
     )
     con.register("obs_rows", table)
     cols = ", ".join(OBS_COLUMNS)

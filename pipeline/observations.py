@@ -47,11 +47,16 @@ def parse_observation(raw: bytes, host: str) -> tuple[dict[str, Any] | None, str
     row["observed_at"] = datetime.fromisoformat(when.replace("Z", "+00:00"))
     for name, types in _FIELDS.items():
         value = obj.get(name)
-        if value is not None and (not isinstance(value, types) or isinstance(value, bool) != (bool in types)):
+        if value is not None and (
+            not isinstance(value, types) or isinstance(value, bool) != (bool in types)
+        ):
             return None, f"{name}: expected {types[0].__name__}, got {type(value).__name__}"
         row[name] = value
-    extra = {k: v for k, v in obj.items() if k not in _FIELDS and k not in _EMBEDDED
-             and k not in ("host", "observed_at", "reachable")}
+    extra = {
+        k: v
+        for k, v in obj.items()
+        if k not in _FIELDS and k not in _EMBEDDED and k not in ("host", "observed_at", "reachable")
+    }
     if obj.get("host") not in (None, host):
         extra["reported_host"] = obj["host"]
     row["extra"] = json.dumps(extra, sort_keys=True) if extra else None

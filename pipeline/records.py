@@ -158,10 +158,14 @@ def parse_sql(staged: str) -> str:
     )
     # identity of a record without run_id: its host and parsed seed fields, so the
     # compact history line and the pretty-printed state file give the same run
-    canonical = "to_json([host, " + ", ".join(
-        "strftime(ts, '%Y-%m-%dT%H:%M:%S.%f')" if n == "ts" else f"CAST({n} AS VARCHAR)"
-        for n in SEED_FIELDS
-    ) + "])"
+    canonical = (
+        "to_json([host, "
+        + ", ".join(
+            "strftime(ts, '%Y-%m-%dT%H:%M:%S.%f')" if n == "ts" else f"CAST({n} AS VARCHAR)"
+            for n in SEED_FIELDS
+        )
+        + "])"
+    )
     return f"""
 WITH checked AS (
     SELECT s.file_idx, s.byte_offset, s.line,

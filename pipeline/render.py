@@ -48,13 +48,18 @@ def to_json(frame: pl.DataFrame) -> str:
 
 def to_csv(frame: pl.DataFrame) -> str:
     plain = frame.with_columns(
-        [pl.col(c).cast(pl.Utf8) for c, t in frame.schema.items() if t.is_nested() or t == pl.Binary]
+        [
+            pl.col(c).cast(pl.Utf8)
+            for c, t in frame.schema.items()
+            if t.is_nested() or t == pl.Binary
+        ]
     )
     return plain.write_csv(datetime_format="%Y-%m-%dT%H:%M:%S%.fZ")
 
 
-def emit(frame: pl.DataFrame, fmt: str, title: str | None = None,
-         styles: dict[str, Any] | None = None) -> None:
+def emit(
+    frame: pl.DataFrame, fmt: str, title: str | None = None, styles: dict[str, Any] | None = None
+) -> None:
     """Write `frame` to stdout in `fmt`; `styles` maps column -> function(value) -> rich style."""
     if fmt == "json":
         sys.stdout.write(to_json(frame) + "\n")

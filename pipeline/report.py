@@ -27,11 +27,12 @@ def parse_duration(text: str) -> int:
 
 def status(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """host_state, one row per host, with ages in seconds for filtering and display."""
-    return _frame(con, 
+    return _frame(
+        con,
         """
         SELECT *, CAST(epoch(now()) - epoch(last_seen) AS BIGINT) AS last_seen_age_s
         FROM host_state ORDER BY role NULLS LAST, host
-        """
+        """,
     )
 
 
@@ -52,7 +53,9 @@ def resolve_sha(con: duckdb.DuckDBPyConnection, prefix: str) -> str:
         raise FleetstateError(f"no commit starting with {prefix} has been seen in the fleet")
     if len(rows) > 1:
         names = ", ".join(r[0][:12] for r in rows[:5])
-        raise FleetstateError(f"{prefix} is ambiguous: it starts {names}{' ...' if len(rows) > 5 else ''}")
+        raise FleetstateError(
+            f"{prefix} is ambiguous: it starts {names}{' ...' if len(rows) > 5 else ''}"
+        )
     return str(rows[0][0])
 
 
@@ -60,7 +63,8 @@ def rollout(
     con: duckdb.DuckDBPyConnection, sha: str, role: str | None = None, stale_hours: int = 24
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(summary one-row frame, per-host frame) for a full sha, optionally one role."""
-    hosts = _frame(con, 
+    hosts = _frame(
+        con,
         """
         SELECT * FROM rollout(?, stale_hours := ?)
         WHERE ? IS NULL OR role = ?
@@ -69,7 +73,8 @@ def rollout(
         """,
         [sha, stale_hours, role, role],
     )
-    summary = _frame(con, 
+    summary = _frame(
+        con,
         """
         SELECT ? AS sha, count(*) AS hosts,
             count(*) FILTER (WHERE status = 'converged') AS converged,
@@ -96,7 +101,8 @@ def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.Da
     ).fetchall()[0]
     if not known[0]:
         raise FleetstateError(f"host {host!r} is not in the warehouse")
-    return _frame(con, 
+    return _frame(
+        con,
         """
         SELECT ts, success, exit_code, stage, git_sha, git_branch, role, duration_s,
                override_sha, vault_sha, git_dirty, attempt, source, run_id
@@ -108,7 +114,8 @@ def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.Da
 
 def drift(con: duckdb.DuckDBPyConnection, since_s: int, role: str | None = None) -> pl.DataFrame:
     """drift_daily for the days within `since_s` seconds of now."""
-    return _frame(con, 
+    return _frame(
+        con,
         """
         SELECT * FROM drift_daily
         WHERE day >= CAST(now() - to_seconds(?) AS DATE) AND (? IS NULL OR role = ?)
@@ -126,7 +133,8 @@ def sql(con: duckdb.DuckDBPyConnection, query: str) -> pl.DataFrame:
     if rel is None:
         return pl.DataFrame()
     try:
-        return rel.pl()
+        frame: pl.DataFrame = rel.pl()
+        return frame
     except duckdb.Error as exc:
         raise FleetstateError(_one_line(exc)) from exc
 
@@ -136,5 +144,8 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _frame(con: duckdb.DuckDBPyConnection, query: str, params: list[object] | None = None) -> pl.DataFrame:
-    return con.sql(query, params=params).pl()
+def _frame(
+    con: duckdb.DuckDBPyConnection, query: str, params: list[object] | None = None
+) -> pl.DataFrame:
+    frame: pl.DataFrame = con.sql(query, params=params).pl()
+    return frame

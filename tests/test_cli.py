@@ -54,13 +54,25 @@ def test_status_json_has_one_object_per_host_with_stable_keys(
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert sorted(r["host"] for r in rows) == sorted(summary.hosts)
-    for key in ("host", "role", "os", "pp_sha", "pp_ts", "pp_success", "applied", "healthy",
-                "last_seen", "reachable"):
+    for key in (
+        "host",
+        "role",
+        "os",
+        "pp_sha",
+        "pp_ts",
+        "pp_success",
+        "applied",
+        "healthy",
+        "last_seen",
+        "reachable",
+    ):
         assert key in rows[0]
     assert {r["applied"] for r in rows} <= {"Y", "N", "-", "?"}
 
 
-def test_status_table_shows_short_sha_and_ages(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+def test_status_table_shows_short_sha_and_ages(
+    sample: tuple[Path, samplefleet.SampleSummary],
+) -> None:
     db, summary = sample
     done = fs(db, "status")
     assert done.returncode == 0, done.stderr
@@ -79,9 +91,13 @@ def test_status_filter_on_typed_values(sample: tuple[Path, samplefleet.SampleSum
     stale = json.loads(fs(db, "status", "-f", "json", "--filter", "pp_last>1d").stdout)
     expected = {h for h, s in summary.expected_status.items() if s == "unreported"}
     assert {r["host"] for r in stale} == expected
-    either = json.loads(fs(db, "status", "-f", "json", "--filter", "os=Darwin|Linux applied!=?").stdout)
+    either = json.loads(
+        fs(db, "status", "-f", "json", "--filter", "os=Darwin|Linux applied!=?").stdout
+    )
     assert len(either) == len(summary.hosts)
-    talos = json.loads(fs(db, "status", "-f", "json", "--filter", "role~TALOS sort:pp_last:desc").stdout)
+    talos = json.loads(
+        fs(db, "status", "-f", "json", "--filter", "role~TALOS sort:pp_last:desc").stdout
+    )
     assert talos and all("talos" in r["role"] for r in talos)
     ages = [r["pp_age_s"] for r in talos]
     assert ages == sorted(ages, reverse=True)
@@ -89,7 +105,9 @@ def test_status_filter_on_typed_values(sample: tuple[Path, samplefleet.SampleSum
     assert bad.returncode == 1 and "unknown filter column" in bad.stderr
 
 
-def test_rollout_matches_the_sample_ground_truth(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+def test_rollout_matches_the_sample_ground_truth(
+    sample: tuple[Path, samplefleet.SampleSummary],
+) -> None:
     db, summary = sample
     done = fs(db, "rollout", summary.newest_sha[:9], "--format", "json")
     assert done.returncode == 0, done.stderr
@@ -114,8 +132,12 @@ def test_rollout_gate_exit_codes(sample: tuple[Path, samplefleet.SampleSummary])
 def test_rollout_prefix_errors_name_the_problem(tmp_path: Path) -> None:
     mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
     twins = ("abcdef1" + "0" * 33, "abcdef1" + "1" * 33)
-    write_history(mirror, "h", line(record(ago(hours=1), git_sha=twins[0], run_id="1"))
-                  + line(record(ago(hours=1), git_sha=twins[1], run_id="2")))
+    write_history(
+        mirror,
+        "h",
+        line(record(ago(hours=1), git_sha=twins[0], run_id="1"))
+        + line(record(ago(hours=1), git_sha=twins[1], run_id="2")),
+    )
     assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
     ambiguous = fs(db, "rollout", "abcdef1")
     assert ambiguous.returncode == 1 and "ambiguous" in ambiguous.stderr
@@ -129,8 +151,12 @@ def test_rollout_prefix_errors_name_the_problem(tmp_path: Path) -> None:
 
 def test_history_newest_first(tmp_path: Path) -> None:
     mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
-    write_history(mirror, "h", line(record(ago(hours=2), git_sha=SHA_A, run_id="old"))
-                  + line(record(ago(hours=1), git_sha=SHA_B, run_id="new")))
+    write_history(
+        mirror,
+        "h",
+        line(record(ago(hours=2), git_sha=SHA_A, run_id="old"))
+        + line(record(ago(hours=1), git_sha=SHA_B, run_id="new")),
+    )
     fs(db, "ingest", "--from", str(mirror))
     rows = json.loads(fs(db, "history", "h", "--format", "json").stdout)
     assert [r["run_id"] for r in rows] == ["new", "old"]
@@ -143,7 +169,9 @@ def test_drift_json_and_since(sample: tuple[Path, samplefleet.SampleSummary]) ->
     week = json.loads(fs(db, "drift", "--since", "7d", "--format", "json").stdout)
     month = json.loads(fs(db, "drift", "--since", "40d", "--format", "json").stdout)
     assert 0 < len(week) < len(month)
-    assert {"day", "role", "hosts", "distinct_shas", "modal_sha", "off_modal", "failing"} <= set(week[0])
+    assert {"day", "role", "hosts", "distinct_shas", "modal_sha", "off_modal", "failing"} <= set(
+        week[0]
+    )
     bad = fs(db, "drift", "--since", "soon")
     assert bad.returncode == 1 and "not a duration" in bad.stderr
 
@@ -152,18 +180,29 @@ def test_sql_is_read_only(sample: tuple[Path, samplefleet.SampleSummary]) -> Non
     db, summary = sample
     done = fs(db, "sql", "SELECT count(*) AS n FROM host_state", "--format", "json")
     assert json.loads(done.stdout) == [{"n": len(summary.hosts)}]
-    for write in ("DELETE FROM runs", "CREATE TABLE x (i INT)", "INSERT INTO meta VALUES ('a', 'b')",
-                  "ATTACH '/tmp/other.duckdb' AS o", "COPY runs TO '/tmp/leak.csv'"):
+    for write in (
+        "DELETE FROM runs",
+        "CREATE TABLE x (i INT)",
+        "INSERT INTO meta VALUES ('a', 'b')",
+        "ATTACH '/tmp/other.duckdb' AS o",
+        "COPY runs TO '/tmp/leak.csv'",
+    ):
         refused = fs(db, "sql", write)
         assert refused.returncode == 1, write
         assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
     assert not Path("/tmp/leak.csv").exists()
-    assert json.loads(fs(db, "sql", "SELECT count(*) AS n FROM runs", "-f", "json").stdout)[0]["n"] > 0
+    assert (
+        json.loads(fs(db, "sql", "SELECT count(*) AS n FROM runs", "-f", "json").stdout)[0]["n"] > 0
+    )
 
 
-def test_rejects_are_queryable_with_their_bytes(sample: tuple[Path, samplefleet.SampleSummary]) -> None:
+def test_rejects_are_queryable_with_their_bytes(
+    sample: tuple[Path, samplefleet.SampleSummary],
+) -> None:
     db, summary = sample
-    rows = json.loads(fs(db, "sql", "SELECT host, byte_offset, reason FROM rejects", "-f", "json").stdout)
+    rows = json.loads(
+        fs(db, "sql", "SELECT host, byte_offset, reason FROM rejects", "-f", "json").stdout
+    )
     assert sorted((r["host"], r["byte_offset"]) for r in rows) == sorted(
         (m.host, m.byte_offset) for m in summary.malformed
     )
@@ -192,7 +231,9 @@ def test_rebuild_from_the_mirror_gives_the_same_warehouse(tmp_path: Path) -> Non
     done = fs(db, "rebuild", "--mirror", str(mirror))
     assert done.returncode == 0, done.stderr
     assert fs(db, "sql", "SELECT run_id FROM runs ORDER BY 1", "-f", "json").stdout == before
-    assert json.loads(fs(db, "sql", "SELECT count(*) n FROM rejects", "-f", "json").stdout) == [{"n": 1}]
+    assert json.loads(fs(db, "sql", "SELECT count(*) n FROM rejects", "-f", "json").stdout) == [
+        {"n": 1}
+    ]
 
 
 def test_missing_warehouse_is_a_clear_error(tmp_path: Path) -> None:

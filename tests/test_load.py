@@ -33,9 +33,13 @@ def runs_fingerprint(con: duckdb.DuckDBPyConnection) -> list[tuple[object, ...]]
     ).fetchall()
 
 
-def test_reload_adds_nothing_and_reads_nothing(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_reload_adds_nothing_and_reads_nothing(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     mirror = tmp_path / "m"
-    write_history(mirror, HOST, b"".join(line(record(run_id=f"r{i}")) for i in range(50)) + b"oops\n")
+    write_history(
+        mirror, HOST, b"".join(line(record(run_id=f"r{i}")) for i in range(50)) + b"oops\n"
+    )
     first = load.load_mirror(con, mirror)
     assert (first.runs_added, first.rejects_added) == (50, 1)
     second = load.load_mirror(con, mirror)
@@ -95,7 +99,8 @@ def test_replaced_file_is_read_again_without_duplicates(
 def test_locked_warehouse_is_a_clear_error(db_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import duckdb,sys,time; c=duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(30)",
+         "import duckdb,sys,time; c=duckdb.connect(sys.argv[1]); "
+         "print('ready', flush=True); time.sleep(30)",
          str(db_path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -117,8 +122,16 @@ def test_locked_warehouse_is_a_clear_error(db_path: Path) -> None:
 
 def _big_mirror(root: Path, hosts: int = 6, runs: int = 3000) -> None:
     for h in range(hosts):
-        lines = [line(record(ts=f"2026-{1 + i % 12:02d}-01T00:00:{i % 60:02d}Z", run_id=f"{h}-{i}",
-                             role=f"role-{i % 7}")) for i in range(runs)]
+        lines = [
+            line(
+                record(
+                    ts=f"2026-{1 + i % 12:02d}-01T00:00:{i % 60:02d}Z",
+                    run_id=f"{h}-{i}",
+                    role=f"role-{i % 7}",
+                )
+            )
+            for i in range(runs)
+        ]
         lines.insert(runs // 2, b"garbage line\n")
         write_history(root, f"host{h}.example.com", b"".join(lines))
 
@@ -143,7 +156,9 @@ def _consistent(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @pytest.mark.parametrize("kill_after_s", [0.4, 0.9, 1.5])
-def test_kill_9_mid_load_then_rerun_equals_one_clean_load(tmp_path: Path, kill_after_s: float) -> None:
+def test_kill_9_mid_load_then_rerun_equals_one_clean_load(
+    tmp_path: Path, kill_after_s: float
+) -> None:
     mirror = tmp_path / "m"
     _big_mirror(mirror)
     clean_db = tmp_path / "clean.duckdb"
@@ -164,7 +179,7 @@ def test_kill_9_mid_load_then_rerun_equals_one_clean_load(tmp_path: Path, kill_a
     _consistent(con)
     partial = counts(con)
     con.close()
-    print('partial', partial, 'of', expected)
+    print("partial", partial, "of", expected)
     assert partial[0] <= expected[0]
     done = subprocess.run(cmd, env=env, capture_output=True)
     assert done.returncode == 0, done.stderr

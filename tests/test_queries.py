@@ -6,7 +6,18 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from factories import OVR_1, OVR_2, SHA_A, SHA_B, SHA_C, ago, line, record, write_history, write_observation
+from factories import (
+    OVR_1,
+    OVR_2,
+    SHA_A,
+    SHA_B,
+    SHA_C,
+    ago,
+    line,
+    record,
+    write_history,
+    write_observation,
+)
 
 from pipeline import load, warehouse
 
@@ -16,7 +27,10 @@ def runs(mirror: Path, host: str, *recs: dict[str, object]) -> None:
 
 
 def state(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, str]]:
-    return {h: (a, k) for h, a, k in con.execute("SELECT host, applied, healthy FROM host_state").fetchall()}
+    return {
+        h: (a, k)
+        for h, a, k in con.execute("SELECT host, applied, healthy FROM host_state").fetchall()
+    }
 
 
 def test_every_query_file_answers_on_an_empty_warehouse(con: duckdb.DuckDBPyConnection) -> None:
@@ -27,10 +41,13 @@ def test_every_query_file_answers_on_an_empty_warehouse(con: duckdb.DuckDBPyConn
     assert con.execute("SELECT count(*) FROM rollout(?)", [SHA_A]).fetchall() == [(0,)]
     summary = con.execute("SELECT hosts, pct_converged FROM rollout_summary(?)", [SHA_A]).fetchall()
     assert summary == [(0, None)]
-    objects = {r[0] for r in con.execute(
-        "SELECT view_name FROM duckdb_views() WHERE NOT internal UNION "
-        "SELECT function_name FROM duckdb_functions() WHERE function_type = 'table_macro'"
-    ).fetchall()}
+    objects = {
+        r[0]
+        for r in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal UNION "
+            "SELECT function_name FROM duckdb_functions() WHERE function_type = 'table_macro'"
+        ).fetchall()
+    }
     for contract_name in ("host_state", "rollout", "rollout_summary", "drift_daily"):
         assert contract_name in objects
 
@@ -72,9 +89,21 @@ def test_current_override_comes_from_the_last_successful_contact(
 ) -> None:
     m = tmp_path / "m"
     runs(m, "h", record(ago(hours=1), override_sha=OVR_1))
-    write_observation(m, "h", observed_at=ago(minutes=30), override_present=True, override_sha=OVR_1)
-    write_observation(m, "h", observed_at=ago(minutes=5), reachable=False, error="timed out",
-                      override_present=None, override_sha=None, vault_sha=None, os=None, role=None)
+    write_observation(
+        m, "h", observed_at=ago(minutes=30), override_present=True, override_sha=OVR_1
+    )
+    write_observation(
+        m,
+        "h",
+        observed_at=ago(minutes=5),
+        reachable=False,
+        error="timed out",
+        override_present=None,
+        override_sha=None,
+        vault_sha=None,
+        os=None,
+        role=None,
+    )
     load.load_mirror(con, m)
     row = con.execute("SELECT applied, reachable, last_error FROM host_state").fetchall()
     assert row == [("Y", False, "timed out")]
@@ -98,7 +127,13 @@ def test_healthy_values(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
         ],
     )
     healthy = {h: k for h, (_, k) in state(con).items()}
-    assert healthy == {"active": "Y", "idle": "N", "failing": "N", "quarantined": "N", "no-data": "-"}
+    assert healthy == {
+        "active": "Y",
+        "idle": "N",
+        "failing": "N",
+        "quarantined": "N",
+        "no-data": "-",
+    }
 
 
 def rollout(con: duckdb.DuckDBPyConnection, sha: str) -> dict[str, str]:
@@ -108,14 +143,26 @@ def rollout(con: duckdb.DuckDBPyConnection, sha: str) -> dict[str, str]:
 def test_rollout_statuses(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     m = tmp_path / "m"
     runs(m, "converged", record(ago(hours=5), git_sha=SHA_A), record(ago(hours=1), git_sha=SHA_B))
-    runs(m, "converged-after-failure", record(ago(hours=3), git_sha=SHA_B, success=False, exit_code=1),
-         record(ago(hours=1), git_sha=SHA_B))
-    runs(m, "failed", record(ago(hours=3), git_sha=SHA_A), record(ago(hours=1), git_sha=SHA_B,
-                                                                   success=False, exit_code=6))
+    runs(
+        m,
+        "converged-after-failure",
+        record(ago(hours=3), git_sha=SHA_B, success=False, exit_code=1),
+        record(ago(hours=1), git_sha=SHA_B),
+    )
+    runs(
+        m,
+        "failed",
+        record(ago(hours=3), git_sha=SHA_A),
+        record(ago(hours=1), git_sha=SHA_B, success=False, exit_code=6),
+    )
     runs(m, "regressed", record(ago(hours=3), git_sha=SHA_B), record(ago(hours=1), git_sha=SHA_A))
     runs(m, "pending", record(ago(hours=1), git_sha=SHA_A))
-    runs(m, "pending-prepare-failed", record(ago(hours=2), git_sha=SHA_A),
-         record(ago(hours=1), git_sha=None, success=False, exit_code=None, stage="prepare"))
+    runs(
+        m,
+        "pending-prepare-failed",
+        record(ago(hours=2), git_sha=SHA_A),
+        record(ago(hours=1), git_sha=None, success=False, exit_code=None, stage="prepare"),
+    )
     runs(m, "unreported", record(ago(hours=30), git_sha=SHA_A))
     runs(m, "silent-but-converged", record(ago(days=5), git_sha=SHA_B))
     write_observation(m, "never-ran")
@@ -128,7 +175,9 @@ def test_rollout_statuses(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> Non
     summary = con.execute("SELECT * FROM rollout_summary(?)", [SHA_B]).fetchall()[0]
     assert summary[1:8] == (9, 3, 1, 2, 1, 2, round(100 * 3 / 9, 1))
     # a shorter staleness window turns the pending host unreported
-    short = dict(con.execute("SELECT host, status FROM rollout(?, stale_hours := 0)", [SHA_B]).fetchall())
+    short = dict(
+        con.execute("SELECT host, status FROM rollout(?, stale_hours := 0)", [SHA_B]).fetchall()
+    )
     assert short["pending"] == "unreported" and short["converged"] == "converged"
 
 
@@ -137,8 +186,14 @@ def test_converged_at_is_the_start_of_the_current_stretch(
 ) -> None:
     m = tmp_path / "m"
     t1, t2, t3, t4 = ago(hours=10), ago(hours=8), ago(hours=6), ago(hours=4)
-    runs(m, "h", record(t1, git_sha=SHA_B), record(t2, git_sha=SHA_A), record(t3, git_sha=SHA_B),
-         record(t4, git_sha=SHA_B))
+    runs(
+        m,
+        "h",
+        record(t1, git_sha=SHA_B),
+        record(t2, git_sha=SHA_A),
+        record(t3, git_sha=SHA_B),
+        record(t4, git_sha=SHA_B),
+    )
     load.load_mirror(con, m)
     got = con.execute("SELECT status, converged_at FROM rollout(?)", [SHA_B]).fetchall()
     assert got == [("converged", t3)]
@@ -151,8 +206,10 @@ def test_descendants_count_as_at_the_target_once_the_graph_is_known(
     runs(m, "on-child", record(ago(hours=1), git_sha=SHA_C))
     load.load_mirror(con, m)
     assert rollout(con, SHA_B) == {"on-child": "pending"}
-    con.execute("INSERT INTO git_commits (sha, parents) VALUES (?, []), (?, [?]), (?, [?])",
-                [SHA_A, SHA_B, SHA_A, SHA_C, SHA_B])
+    con.execute(
+        "INSERT INTO git_commits (sha, parents) VALUES (?, []), (?, [?]), (?, [?])",
+        [SHA_A, SHA_B, SHA_A, SHA_C, SHA_B],
+    )
     assert rollout(con, SHA_B) == {"on-child": "converged"}
     assert rollout(con, SHA_C) == {"on-child": "converged"}
 
@@ -161,12 +218,18 @@ def test_descendants_count_as_at_the_target_once_the_graph_is_known(
 def test_drift_daily_counts(con: duckdb.DuckDBPyConnection, tmp_path: Path, day_hosts: int) -> None:
     m = tmp_path / "m"
     day = "2026-11-10"
-    runs(m, "h0", record(f"{day}T01:00:00Z", git_sha=SHA_A), record(f"{day}T05:00:00Z", git_sha=SHA_B))
+    runs(
+        m,
+        "h0",
+        record(f"{day}T01:00:00Z", git_sha=SHA_A),
+        record(f"{day}T05:00:00Z", git_sha=SHA_B),
+    )
     runs(m, "h1", record(f"{day}T02:00:00Z", git_sha=SHA_B, override_sha=OVR_1))
     runs(m, "h2", record(f"{day}T03:00:00Z", git_sha=SHA_A, success=False, exit_code=1))
     load.load_mirror(con, m)
     rows = con.execute(
-        "SELECT day::VARCHAR, role, hosts, distinct_shas, modal_sha, off_modal, failing, with_override "
+        "SELECT day::VARCHAR, role, hosts, distinct_shas, modal_sha, off_modal, failing, "
+        "with_override "
         "FROM drift_daily"
     ).fetchall()
     assert rows == [(day, "gecko_t_linux_talos", day_hosts, 2, SHA_B, 1, 1, 1)]

@@ -21,7 +21,9 @@ def load_lines(con: duckdb.DuckDBPyConnection, mirror: Path, *lines: bytes) -> N
 
 
 def rejects(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, bytes]]:
-    return con.execute("SELECT byte_offset, reason, line FROM rejects ORDER BY byte_offset").fetchall()
+    return con.execute(
+        "SELECT byte_offset, reason, line FROM rejects ORDER BY byte_offset"
+    ).fetchall()
 
 
 def run_count(con: duckdb.DuckDBPyConnection) -> int:
@@ -48,9 +50,14 @@ BAD_LINES: list[tuple[bytes, str]] = [
     (line(record(ts="2026-02-30T10:00:00Z"))[:-1], "ts: impossible date or time"),
     (line(record(schema_version=2))[:-1], "unsupported schema_version 2"),
     (line(record(role=["a"]))[:-1], "role: expected a string, got array"),
-    (json.dumps({k: v for k, v in record().items() if k != "ts"}).encode(), "missing required field ts"),
-    (json.dumps({k: v for k, v in record().items() if k != "success"}).encode(),
-     "missing required field success"),
+    (
+        json.dumps({k: v for k, v in record().items() if k != "ts"}).encode(),
+        "missing required field ts",
+    ),
+    (
+        json.dumps({k: v for k, v in record().items() if k != "success"}).encode(),
+        "missing required field success",
+    ),
     (line(record(success=None))[:-1], "success is null"),
 ]
 
@@ -63,25 +70,28 @@ def test_malformed_line_is_rejected_with_reason_and_bytes_while_neighbours_load(
     after = line(record(ts="2026-11-20T11:00:00Z", run_id="after"))
     load_lines(con, tmp_path / "m", before, raw + b"\n", after)
     assert [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY ts").fetchall()] == [
-        "before", "after"
+        "before",
+        "after",
     ]
-    (offset, got_reason, got_line), = rejects(con)
+    ((offset, got_reason, got_line),) = rejects(con)
     assert offset == len(before)
     assert reason in got_reason
     assert got_line == raw
 
 
-def test_five_megabyte_line_is_rejected_whole(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_five_megabyte_line_is_rejected_whole(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     huge = line(record(role="r" * (5 << 20)))
     load_lines(con, tmp_path / "m", huge, line(record(run_id="ok")))
-    (offset, reason, raw), = rejects(con)
+    ((offset, reason, raw),) = rejects(con)
     assert offset == 0 and "line too long" in reason and raw == huge[:-1]
     assert run_count(con) == 1
 
 
 def test_several_reasons_are_all_named(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     load_lines(con, tmp_path / "m", line(record(success="yes", git_sha="1", exit_code=-1)))
-    (_, reason, _), = rejects(con)
+    ((_, reason, _),) = rejects(con)
     assert "success: expected true or false" in reason
     assert "git_sha: not a 40-hex" in reason
     assert "exit_code: -1" in reason
@@ -99,12 +109,20 @@ def test_seed_format_record_loads_with_new_fields_null(
     assert row[6].startswith("derived-")
 
 
-def test_nulls_and_empty_strings_read_as_null(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_nulls_and_empty_strings_read_as_null(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     load_lines(con, tmp_path / "m", line(record(git_branch="", override_sha="null", role=None)))
-    assert con.execute("SELECT git_branch, override_sha, role FROM runs").fetchone() == (None, None, None)
+    assert con.execute("SELECT git_branch, override_sha, role FROM runs").fetchone() == (
+        None,
+        None,
+        None,
+    )
 
 
-def test_timestamp_offsets_are_normalised_to_utc(con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_timestamp_offsets_are_normalised_to_utc(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
     load_lines(con, tmp_path / "m", line(record(ts="2026-11-20T12:30:45+02:00", run_id="x")))
     got = con.execute("SELECT strftime(ts, '%Y-%m-%dT%H:%M:%S') FROM runs").fetchone()
     assert got == ("2026-11-20T10:30:45",)
@@ -138,12 +156,18 @@ def test_state_file_inside_an_observation_becomes_a_run(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
     mirror = tmp_path / "m"
-    obs = {"host": HOST, "observed_at": "2026-11-20T12:00:00Z", "reachable": True,
-           "state_file": json.dumps(record(run_id="from-state"), indent=2)}
+    obs = {
+        "host": HOST,
+        "observed_at": "2026-11-20T12:00:00Z",
+        "reachable": True,
+        "state_file": json.dumps(record(run_id="from-state"), indent=2),
+    }
     (mirror / HOST).mkdir(parents=True)
     (mirror / HOST / "observations.jsonl").write_text(json.dumps(obs) + "\n")
     load.load_mirror(con, mirror)
-    assert con.execute("SELECT run_id, source FROM runs").fetchall() == [("from-state", "state_file")]
+    assert con.execute("SELECT run_id, source FROM runs").fetchall() == [
+        ("from-state", "state_file")
+    ]
     assert con.execute("SELECT count(*) FROM observations").fetchone() == (1,)
 
 
@@ -153,8 +177,12 @@ def test_legacy_summary_becomes_a_run(con: duckdb.DuckDBPyConnection, tmp_path: 
         "---\nversion:\n  config: " + SHA_A + "\n  puppet: 7.28.0\nresources:\n  failed: 0\n"
         "time:\n  last_run: 1763632800\nevents:\n  failure: 2\n  success: 10\n"
     )
-    obs = {"host": HOST, "observed_at": "2026-11-20T12:00:00Z", "reachable": True,
-           "legacy_summary": summary}
+    obs = {
+        "host": HOST,
+        "observed_at": "2026-11-20T12:00:00Z",
+        "reachable": True,
+        "legacy_summary": summary,
+    }
     (mirror / HOST).mkdir(parents=True)
     (mirror / HOST / "observations.jsonl").write_text(json.dumps(obs) + "\n")
     load.load_mirror(con, mirror)
@@ -173,5 +201,5 @@ def test_malformed_observation_is_rejected(con: duckdb.DuckDBPyConnection, tmp_p
     )
     load.load_mirror(con, mirror)
     assert con.execute("SELECT count(*) FROM observations").fetchone() == (1,)
-    (_, reason, _), = rejects(con)
+    ((_, reason, _),) = rejects(con)
     assert "observed_at" in reason

@@ -59,7 +59,10 @@ def records(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def encode(rec: dict[str, Any]) -> bytes:
-    out = {k: (v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, datetime) else v) for k, v in rec.items()}
+    out = {
+        k: (v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, datetime) else v)
+        for k, v in rec.items()
+    }
     return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
 
 

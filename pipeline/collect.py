@@ -1,0 +1,534 @@
+"""Collect every host over SSH: one connection and one remote script per host.
+
+SSH is set up the way operators already have it: ~/.ssh/config (HostName,
+User, Port, IdentityFile, ProxyJump, ProxyCommand), ssh-agent keys, host keys
+checked against known_hosts, never a prompt. Results go to the Mirror only;
+this module never touches the warehouse.
+"""
+
+from __future__ import annotations
+
+import getpass
+import glob
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from pipeline.errors import FleetstateError
+from pipeline.mirror import Cursor, Mirror
+from pipeline.remote import ReportError, build_command, interpret, parse_sections, posix_cksum
+from pipeline.targets import validate_host
+
+COLLECTOR_VERSION = "fleetstate-collect/1"
+
+
+@dataclass
+class CollectOptions:
+    ssh_config: Path | None = None  # None: ~/.ssh/config when it exists
+    known_hosts: Path | None = None  # None: ~/.ssh/known_hosts
+    accept_new_host_keys: bool = False
+    user: str | None = None
+    port: int | None = None
+    identity_files: list[Path] = field(default_factory=list)
+    connect_timeout: float = 10
+    host_timeout: float = 60
+    retries: int = 2
+    jobs: int = 16
+    backoff: float = 0.5  # first retry delay in seconds; doubles, with jitter
+
+    def known_hosts_path(self) -> Path:
+        return self.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+
+    def ssh_config_path(self) -> Path | None:
+        if self.ssh_config is not None:
+            return self.ssh_config
+        default = Path("~/.ssh/config").expanduser()
+        return default if default.exists() else None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Sent from the collecting thread's caller: `start`, `host`, then `finish`."""
+
+    kind: str
+    total: int
+    done: int
+    failed: int
+    bytes_pulled: int
+    host: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class HostResult:
+    host: str
+    ok: bool
+    error: str | None = None
+    history_bytes: int = 0  # new history bytes appended to the mirror
+    report_bytes: int = 0  # bytes of the remote script's output
+    bytes_on_wire: int = 0  # raw SSH bytes, both directions, handshake included
+    attempts: int = 0
+    seconds: float = 0.0
+    mode: str | None = None  # append | rotated | restart | first
+
+
+@dataclass
+class FleetResult:
+    hosts_ok: list[str]
+    hosts_failed: dict[str, str]
+    bytes_pulled: int
+    bytes_on_wire: int
+    seconds: float = 0.0
+    per_host: dict[str, HostResult] = field(default_factory=dict)
+
+
+class _CountingSocket:
+    """Delegates to a socket-like object and counts the bytes through it."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.sent = 0
+        self.received = 0
+
+    def send(self, data: bytes) -> int:
+        n: int = self._sock.send(data)
+        self.sent += n
+        return n
+
+    def recv(self, size: int) -> bytes:
+        data: bytes = self._sock.recv(size)
+        self.received += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def collect_fleet(
+    hosts: list[str],
+    mirror: Mirror,
+    options: CollectOptions,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> FleetResult:
+    """Collect `hosts` concurrently (`options.jobs` at a time) into `mirror`."""
+    hosts = list(dict.fromkeys(validate_host(h) for h in hosts))
+    config = load_ssh_config(options.ssh_config_path())
+    started = time.monotonic()
+    result = FleetResult([], {}, 0, 0)
+    emit = progress or (lambda event: None)
+
+    def event(kind: str, host: str | None = None, error: str | None = None) -> None:
+        emit(
+            ProgressEvent(
+                kind,
+                len(hosts),
+                len(result.per_host),
+                len(result.hosts_failed),
+                result.bytes_pulled,
+                host,
+                error,
+            )
+        )
+
+    event("start")
+    with mirror.locked(), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+        futures = {pool.submit(collect_host, h, mirror, options, config): h for h in hosts}
+        for future in as_completed(futures):
+            hr = future.result()
+            result.per_host[hr.host] = hr
+            result.bytes_pulled += hr.history_bytes
+            result.bytes_on_wire += hr.bytes_on_wire
+            if hr.ok:
+                result.hosts_ok.append(hr.host)
+            else:
+                result.hosts_failed[hr.host] = hr.error or "failed"
+            event("host", hr.host, hr.error)
+    result.hosts_ok.sort()
+    result.seconds = time.monotonic() - started
+    event("finish")
+    return result
+
+
+def collect_host(
+    host: str, mirror: Mirror, options: CollectOptions, config: paramiko.SSHConfig
+) -> HostResult:
+    """One host: run the script (with retries), then mirror, then commit the cursor."""
+    started = time.monotonic()
+    deadline = started + options.host_timeout
+    hr = HostResult(host, ok=False)
+    cursor = mirror.read_cursor(host)
+    target = SshTarget(host, host, options.port or 22, options.user or "?")
+    try:
+        target = resolve_target(host, config, options)
+        crc = posix_cksum(cursor.window) if cursor.window else 0
+        command = build_command(cursor.offset, cursor.inode, crc, len(cursor.window))
+        out = _run_with_retries(target, command, options, deadline, hr)
+        hr.report_bytes = len(out)
+        pull = interpret(parse_sections(out), cursor.window)
+        mirror.append_history(host, pull.history)
+        obs = observation(host, pull.facts, pull.error, len(pull.history), pull.mode)
+        mirror.append_observation(host, obs)
+        if pull.error is None:
+            mirror.save_cursor(host, Cursor(pull.inode, pull.offset, pull.window))
+        else:
+            mirror.save_cursor(host, cursor)
+        hr.ok, hr.error = pull.error is None, pull.error
+        hr.history_bytes, hr.mode = len(pull.history), pull.mode
+    except Exception as exc:  # every failure becomes an observation, never a crash
+        hr.error = describe_error(exc, target, options)
+        try:
+            mirror.truncate_uncommitted(host, cursor)
+            mirror.append_observation(host, observation(host, error=hr.error))
+            mirror.save_cursor(host, cursor)
+        except OSError as io_exc:
+            hr.error += f"; and the mirror could not record it: {io_exc}"
+    hr.seconds = time.monotonic() - started
+    return hr
+
+
+def observation(
+    host: str,
+    facts: dict[str, Any] | None = None,
+    error: str | None = None,
+    history_bytes: int = 0,
+    mode: str | None = None,
+) -> dict[str, Any]:
+    """One line of observations.jsonl (the mirror layout's keys, then extras)."""
+    f = facts or {}
+    keys = (
+        "os",
+        "role",
+        "override_present",
+        "override_sha",
+        "vault_sha",
+        "override_repo",
+        "override_branch",
+        "vault_status",
+        "uptime_s",
+        "state_file",
+        "state_file_path",
+        "legacy_summary",
+        "legacy_summary_path",
+    )
+    obs: dict[str, Any] = {
+        "host": host,
+        "observed_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "reachable": facts is not None,
+        "error": error,
+    }
+    obs.update({k: f.get(k) for k in keys})
+    obs["history_bytes"] = history_bytes
+    obs["collector_version"] = COLLECTOR_VERSION
+    obs["history_mode"] = mode
+    obs["override_path"] = f.get("override_path")
+    obs["vault_path"] = f.get("vault_path")
+    return obs
+
+
+def _run_with_retries(
+    target: SshTarget, command: str, options: CollectOptions, deadline: float, hr: HostResult
+) -> bytes:
+    delay = options.backoff
+    while True:
+        hr.attempts += 1
+        try:
+            return run_script(target, command, options, deadline, hr)
+        except Exception as exc:
+            if not is_transient(exc) or hr.attempts > options.retries:
+                raise
+            pause = delay * (1 + random.random() / 2)
+            if time.monotonic() + pause >= deadline:
+                raise
+            time.sleep(pause)
+            delay *= 2
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Refused, timed out, reset, dropped: retry. Auth and host keys: never."""
+    if isinstance(exc, HostKeyError | paramiko.AuthenticationException | ReportError):
+        return False
+    if isinstance(exc, TimeoutError) and "host timeout" in str(exc):
+        return False
+    return isinstance(exc, OSError | EOFError | paramiko.SSHException)
+
+
+def run_script(
+    target: SshTarget, command: str, options: CollectOptions, deadline: float, hr: HostResult
+) -> bytes:
+    """Connect, exec `command`, return its stdout; bounded by `deadline`."""
+    closers: list[Any] = []
+    fired = threading.Event()
+
+    def kill() -> None:
+        fired.set()
+        for c in reversed(closers):
+            try:
+                c.close()
+            except Exception:  # noqa: S110 - best effort while aborting
+                pass
+
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"host timeout ({options.host_timeout:g}s) exceeded")
+    watchdog = threading.Timer(remaining, kill)
+    watchdog.daemon = True
+    watchdog.start()
+    counter: list[_CountingSocket] = []
+    try:
+        client = connect_client(target, options, closers, counter)
+        out = _exec(client, command, deadline)
+        return out
+    except Exception as exc:
+        if fired.is_set():
+            raise TimeoutError(f"host timeout ({options.host_timeout:g}s) exceeded") from exc
+        raise
+    finally:
+        watchdog.cancel()
+        kill()
+        if counter:
+            hr.bytes_on_wire += counter[0].sent + counter[0].received
+
+
+def _exec(client: paramiko.SSHClient, command: str, deadline: float) -> bytes:
+    transport = client.get_transport()
+    assert transport is not None
+    chan = transport.open_session(timeout=max(0.1, deadline - time.monotonic()))
+    chan.settimeout(max(0.1, deadline - time.monotonic()))
+    chan.exec_command(command)
+    chan.shutdown_write()
+    out, err = bytearray(), bytearray()
+    while True:
+        data = chan.recv(1 << 16)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(1 << 16)
+        if not data:
+            break
+        out += data
+    status = chan.recv_exit_status()
+    while chan.recv_stderr_ready():
+        err += chan.recv_stderr(1 << 16)
+    if status != 0 and not out:
+        msg = err.decode("utf-8", "replace").strip()[:300]
+        raise ReportError(f"remote script failed (exit {status}): {msg}")
+    return bytes(out)
+
+
+def describe_error(exc: BaseException, target: SshTarget, options: CollectOptions) -> str:
+    """A one-line message that says what happened and, when known, what to do."""
+    where = f"{target.user}@{target.hostname}:{target.port}"
+    if isinstance(exc, HostKeyError):
+        return str(exc)
+    if isinstance(exc, paramiko.AuthenticationException):
+        return (
+            f"authentication failed for {where}: no key from ssh-agent or IdentityFile "
+            f"was accepted ({exc})"
+        )
+    if isinstance(exc, ConnectionRefusedError | paramiko.ssh_exception.NoValidConnectionsError):
+        return f"connection refused by {where}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"timed out talking to {where}: {exc or 'no answer'}"
+    if isinstance(exc, ReportError):
+        return f"bad report from {where}: {exc}"
+    return f"{type(exc).__name__} on {where}: {exc}"
+
+
+# --- SSH the way the operator has it set up -------------------------------------------
+
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+class HostKeyError(paramiko.SSHException):
+    """Unknown or changed host key: refused, never retried."""
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and how to connect, after ~/.ssh/config and command-line options."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[str, ...] = ()
+    identities_only: bool = False
+    proxycommand: str | None = None
+    jumps: tuple[SshTarget, ...] = ()
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+class SshConfigError(FleetstateError):
+    """The ssh_config cannot be read or parsed."""
+
+
+def load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
+    """Parse ssh_config, expanding `Include` (which paramiko does not) like ssh does."""
+    if path is None:
+        return paramiko.SSHConfig()
+    try:
+        return paramiko.SSHConfig.from_text(_expand_includes(path, depth=0))
+    except (OSError, UnicodeDecodeError, paramiko.ConfigParseError, ValueError) as exc:
+        raise SshConfigError(f"cannot use ssh config {path}: {exc}") from exc
+
+
+def _expand_includes(path: Path, depth: int) -> str:
+    if depth > 16:
+        raise SshConfigError(f"ssh config Include nested too deeply at {path}")
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0].lower() == "include":
+            for pattern in words[1:]:
+                pattern = os.path.expanduser(pattern)
+                if not os.path.isabs(pattern):  # relative to ~/.ssh, as in ssh_config(5)
+                    pattern = os.path.expanduser(f"~/.ssh/{pattern}")
+                for included in sorted(glob.glob(pattern)):
+                    out.append(_expand_includes(Path(included), depth + 1))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def resolve_target(host: str, config: paramiko.SSHConfig, options: CollectOptions) -> SshTarget:
+    """Apply ssh_config to `host`; command-line user/port/identities win, as with ssh."""
+    extra = tuple(str(p.expanduser()) for p in options.identity_files)
+    return _resolve(host, config, options.user, options.port, extra, with_jumps=True)
+
+
+def _resolve(
+    host: str,
+    config: paramiko.SSHConfig,
+    user: str | None,
+    port: int | None,
+    extra_ids: tuple[str, ...],
+    with_jumps: bool,
+) -> SshTarget:
+    c = config.lookup(host)
+    proxycommand = c.get("proxycommand")
+    jumps: tuple[SshTarget, ...] = ()
+    spec = c.get("proxyjump")
+    if with_jumps and spec and spec.lower() != "none" and not proxycommand:
+        jumps = tuple(_resolve_hop(hop, config) for hop in spec.split(","))
+    return SshTarget(
+        alias=host,
+        hostname=c.get("hostname", host),
+        port=port or int(c.get("port", 22)),
+        user=user or c.get("user") or getpass.getuser(),
+        identity_files=extra_ids + tuple(c.get("identityfile", [])),
+        identities_only=c.get("identitiesonly", "no").lower() == "yes",
+        proxycommand=None if not proxycommand or proxycommand.lower() == "none" else proxycommand,
+        jumps=jumps,
+    )
+
+
+def _resolve_hop(hop: str, config: paramiko.SSHConfig) -> SshTarget:
+    hop = hop.strip().removeprefix("ssh://")
+    user, _, hostport = hop.rpartition("@")
+    host, _, port = hostport.partition(":")
+    return _resolve(host, config, user or None, int(port) if port else None, (), False)
+
+
+class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuse unknown hosts; or, when the user opted in, accept and save the new key."""
+
+    def __init__(self, path: Path, accept_new: bool) -> None:
+        self.path, self.accept_new = path, accept_new
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        if not self.accept_new:
+            raise HostKeyError(
+                f"unknown host key for {hostname} ({key.get_name()} {key.fingerprint}): not in "
+                f"{self.path}; check it and add it (ssh-keyscan, or ssh once), "
+                "or re-run with --accept-new-host-keys"
+            )
+        entry = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line() or ""
+        with _KNOWN_HOSTS_LOCK:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a") as fh:
+                fh.write(entry)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def connect_client(
+    target: SshTarget, options: CollectOptions, closers: list[Any], counter: list[_CountingSocket]
+) -> paramiko.SSHClient:
+    """An authenticated client for `target`; everything opened is added to `closers`."""
+    counting = _CountingSocket(_open_socket(target, options, closers))
+    counter.append(counting)
+    return _handshake(target, counting, options, closers)
+
+
+def _open_socket(target: SshTarget, options: CollectOptions, closers: list[Any]) -> Any:
+    if target.proxycommand:
+        proxy = paramiko.ProxyCommand(target.proxycommand)
+        closers.append(proxy)
+        return proxy
+    via: paramiko.Transport | None = None
+    for hop in target.jumps:
+        hop_sock = _open_hop(hop, via, options)
+        closers.append(hop_sock)
+        via = _handshake(hop, hop_sock, options, closers).get_transport()
+    sock = _open_hop(target, via, options)
+    closers.append(sock)
+    return sock
+
+
+def _open_hop(target: SshTarget, via: paramiko.Transport | None, options: CollectOptions) -> Any:
+    if via is None:
+        return socket.create_connection((target.hostname, target.port), options.connect_timeout)
+    return via.open_channel(
+        "direct-tcpip",
+        (target.hostname, target.port),
+        ("127.0.0.1", 0),
+        timeout=options.connect_timeout,
+    )
+
+
+def _handshake(
+    target: SshTarget, sock: Any, options: CollectOptions, closers: list[Any]
+) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    closers.append(client)
+    known = options.known_hosts_path()
+    if known.exists():
+        client.load_host_keys(str(known))
+    client.set_missing_host_key_policy(_KnownHostsPolicy(known, options.accept_new_host_keys))
+    t = options.connect_timeout
+    try:
+        client.connect(
+            target.hostname,
+            target.port,
+            username=target.user,
+            key_filename=list(target.identity_files) or None,  # type: ignore[arg-type]
+            timeout=t,
+            allow_agent=True,
+            look_for_keys=not target.identities_only,
+            sock=sock,
+            banner_timeout=t,
+            auth_timeout=t,
+            channel_timeout=t,
+        )
+    except paramiko.BadHostKeyException as exc:
+        name = target.known_hosts_name
+        raise HostKeyError(
+            f"host key for {name} has CHANGED (now {exc.key.get_name()} "
+            f"{exc.key.fingerprint}); if the host was reimaged, remove the old key with "
+            f"`ssh-keygen -R '{name}' -f {known}` and re-run with --accept-new-host-keys; "
+            "otherwise treat it as a possible attack"
+        ) from exc
+    return client

@@ -1,0 +1,301 @@
+"""The one script each host runs per collection, and the parser of its report.
+
+The script text is fixed; the only values sent with it are four integers taken
+from the host's cursor, passed as positional arguments. Its report is a series
+of length-prefixed sections (`@name LEN\\n` + LEN bytes + `\\n`), so history
+bytes of any content cross unambiguously in the same stream as the small facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+REPORT_MAGIC = b"FLEETSTATE-REPORT 1\n"
+WINDOW = 1024  # bytes before the cursor offset whose cksum proves the file is still ours
+
+# POSIX sh; GNU and BSD userlands. Sections whose size is announced before the
+# bytes are read are padded with NUL to the announced size (the file may shrink
+# under us) and the reader drops everything from the first NUL.
+SCRIPT = r"""
+# shellcheck disable=SC2046,SC2086  # splitting numbers and "$SHA" on purpose; globbing is off
+set -f
+exec </dev/null
+LC_ALL=C; export LC_ALL
+O=$1; I=$2; C=$3; W=$4
+H=/var/log/puppet_run_history.jsonl
+R="$H.1"
+printf 'FLEETSTATE-REPORT 1\n'
+sec() { printf '@%s %d\n%s\n' "$1" "${#2}" "$2"; }
+fsize() { n=$(wc -c <"$1" 2>/dev/null | tr -d ' \t') || n=0; echo "${n:-0}"; }
+# bsec NAME FILE SKIP LEN: exactly LEN bytes of FILE from offset SKIP.
+bsec() {
+  printf '@%s %d\n' "$1" "$4"
+  if [ "$4" -gt 0 ]; then
+    { tail -c +"$(($3 + 1))" "$2" 2>/dev/null | head -c "$4"; head -c "$4" /dev/zero; } |
+      head -c "$4"
+  fi
+  printf '\n'
+}
+fsec() { if [ -f "$2" ] && [ -r "$2" ]; then bsec "$1" "$2" 0 "$(fsize "$2")"; fi; }
+if stat -c %i / >/dev/null 2>&1; then st() { stat -c '%i %s' "$1" 2>/dev/null; }
+else st() { stat -f '%i %z' "$1" 2>/dev/null; }; fi
+if command -v sha256sum >/dev/null 2>&1; then SHA=sha256sum
+elif command -v shasum >/dev/null 2>&1; then SHA='shasum -a 256'
+else SHA='openssl dgst -sha256 -r'; fi
+hash1() { set -- $($SHA <"$1" 2>/dev/null); echo "${1:-}"; }
+anchor_ok() {
+  [ "$W" -eq 0 ] && return 0
+  set -- $(tail -c +"$((O - W + 1))" "$1" 2>/dev/null | head -c "$W" | cksum)
+  [ "${1:-x}" = "$C" ]
+}
+OS=$(uname -s 2>/dev/null)
+if [ "$OS" = Darwin ]; then
+  OVR=/opt/puppet_environments/ronin_settings; V=/var/root/vault.yaml
+else
+  OVR=/etc/puppet/ronin_settings; V=/root/vault.yaml
+fi
+sec os "$OS"
+sec uid "$(id -u)"
+up=
+if [ "$OS" = Darwin ]; then
+  bt=$(sysctl -n kern.boottime 2>/dev/null | sed -n 's/.*{ *sec = \([0-9][0-9]*\).*/\1/p')
+  [ -n "$bt" ] && up=$(($(date +%s) - bt))
+elif [ -r /proc/uptime ]; then read -r up _ </proc/uptime; up=${up%%.*}
+fi
+sec uptime "$up"
+[ -r /etc/puppet_role ] && sec role "$(head -n 1 /etc/puppet_role)"
+sec override_path "$OVR"
+if [ -f "$OVR" ]; then
+  sec override_sha "$(hash1 "$OVR")"
+  kv=$(grep -E '^[[:space:]]*(export[[:space:]]+)?PUPPET_(REPO|BRANCH)=' "$OVR" 2>/dev/null)
+  sec override_kv "$kv"
+fi
+sec vault_path "$V"
+vs=; vh=
+if [ "$(id -u)" = 0 ]; then
+  if [ -f "$V" ]; then vh=$(hash1 "$V"); if [ -n "$vh" ]; then vs=present; else vs=unreadable; fi
+  else vs=absent; fi
+elif [ -r "$V" ]; then vh=$(hash1 "$V"); vs=present
+elif sudo -n true >/dev/null 2>&1; then
+  if sudo -n test -f "$V" >/dev/null 2>&1; then
+    set -- $(sudo -n $SHA "$V" 2>/dev/null); vh=${1:-}
+    if [ -n "$vh" ]; then vs=present; else vs=unreadable; fi
+  else vs=absent; fi
+else vs=no_sudo; fi
+sec vault_status "$vs"
+[ -n "$vh" ] && sec vault_sha "$vh"
+SF=
+for p in /etc/puppet/last_run_metadata.json /opt/puppet_environments/last_run_metadata.json; do
+  if [ -f "$p" ]; then SF=$p; break; fi
+done
+if [ -n "$SF" ]; then sec state_path "$SF"; fsec state "$SF"
+elif [ ! -e "$H" ] && [ ! -e "$R" ]; then
+  for p in /opt/puppetlabs/puppet/public/last_run_summary.yaml \
+           /opt/puppetlabs/puppet/cache/state/last_run_summary.yaml \
+           /var/lib/puppet/state/last_run_summary.yaml; do
+    if [ -f "$p" ]; then sec legacy_path "$p"; fsec legacy "$p"; break; fi
+  done
+fi
+ur=
+for f in "$H" "$R"; do if [ -e "$f" ] && [ ! -r "$f" ]; then ur="$ur $f"; fi; done
+[ -n "$ur" ] && sec unreadable "${ur# }"
+hino=0; hsize=0
+if [ -f "$H" ]; then set -- $(st "$H"); hino=${1:-0}; hsize=${2:-0}; fi
+if [ "$I" -ne 0 ] && [ "$hino" = "$I" ] && [ "$hsize" -ge "$O" ] && anchor_ok "$H"; then
+  sec mode append; start=$O
+else
+  start=0
+  if [ -f "$R" ]; then
+    set -- $(st "$R"); rino=${1:-0}; rsize=${2:-0}
+    if [ "$I" -ne 0 ] && [ "$rsize" -ge "$O" ] && anchor_ok "$R"; then
+      sec mode rotated; rskip=$O
+    else
+      sec mode restart; rskip=0
+    fi
+    sec rot_ino "$rino"; sec rot_skip "$rskip"
+    bsec rot "$R" "$rskip" "$((rsize - rskip))"
+  elif [ "$I" -eq 0 ]; then sec mode first
+  else sec mode restart; fi
+fi
+sec hist_ino "$hino"; sec hist_start "$start"
+if [ "$hino" != 0 ]; then bsec hist "$H" "$start" "$((hsize - start))"; fi
+sec end ""
+"""
+
+_INT = re.compile(r"^[0-9]+$")
+
+
+class ReportError(ValueError):
+    """The remote output is not a well-formed report."""
+
+
+def build_command(offset: int, inode: int, crc: int, window: int) -> str:
+    """The exec line: fixed script, quoted, plus four validated integers."""
+    for value in (offset, inode, crc, window):
+        if type(value) is not int or value < 0:
+            raise ValueError(f"remote arguments must be non-negative integers, got {value!r}")
+    args = " ".join(str(v) for v in (offset, inode, crc, window))
+    return f"/bin/sh -c {shlex.quote(SCRIPT)} fleetstate {args}"
+
+
+def parse_sections(out: bytes) -> dict[str, bytes]:
+    """Split a report into its sections; raise ReportError on any framing error."""
+    if not out.startswith(REPORT_MAGIC):
+        raise ReportError(f"not a fleetstate report: {out[:80]!r}")
+    pos, sections = len(REPORT_MAGIC), {}
+    while pos < len(out):
+        nl = out.find(b"\n", pos)
+        header = out[pos:nl].decode("ascii", "replace") if nl >= 0 else ""
+        m = re.fullmatch(r"@([a-z_]+) ([0-9]+)", header)
+        if not m:
+            raise ReportError(f"bad section header at byte {pos}: {header[:60]!r}")
+        start, size = nl + 1, int(m.group(2))
+        if out[start + size : start + size + 1] != b"\n":
+            raise ReportError(f"section {m.group(1)!r} is truncated")
+        sections[m.group(1)] = out[start : start + size]
+        pos = start + size + 1
+    if "end" not in sections:
+        raise ReportError("report ended early (no end section)")
+    return sections
+
+
+def posix_cksum(data: bytes) -> int:
+    """The CRC printed by POSIX `cksum` (GNU, BSD and busybox agree)."""
+    crc = 0
+    for byte in data + _length_bytes(len(data)):
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[((crc >> 24) ^ byte) & 0xFF]
+    return ~crc & 0xFFFFFFFF
+
+
+def _length_bytes(n: int) -> bytes:
+    out = bytearray()
+    while n:
+        out.append(n & 0xFF)
+        n >>= 8
+    return bytes(out)
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i << 24
+        for _ in range(8):
+            c = ((c << 1) ^ 0x04C11DB7) if c & 0x80000000 else (c << 1)
+        table.append(c & 0xFFFFFFFF)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+@dataclass
+class Pull:
+    """What one report means for the mirror: bytes to append, the next cursor, the facts."""
+
+    history: bytes
+    inode: int
+    offset: int
+    window: bytes
+    mode: str
+    facts: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # reachable, but the history could not be pulled
+
+
+def whole_lines(data: bytes) -> bytes:
+    """The prefix of `data` made of complete lines, stopping at any NUL padding."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        data = data[:nul]
+    return data[: data.rfind(b"\n") + 1]
+
+
+def interpret(sections: dict[str, bytes], window: bytes) -> Pull:
+    """Turn a report into the history bytes to append and the next cursor.
+
+    `window` is the cursor's bytes before its offset: the next window continues it
+    when the same file is read on.
+    """
+    mode = _text(sections, "mode") or "first"
+    unreadable = _text(sections, "unreadable")
+    if unreadable:  # keep the cursor: pull once the permissions are fixed
+        user = "uid " + (_text(sections, "uid") or "?")
+        error = f"history not readable by the login user ({user}): {unreadable}"
+        return Pull(b"", -1, -1, window, "unreadable", _facts(sections), error)
+    history, inode, offset, new_window = b"", 0, 0, b""
+    if "rot" in sections:
+        raw = sections["rot"].split(b"\0", 1)[0]
+        inode, offset = _int(sections, "rot_ino"), _int(sections, "rot_skip") + len(raw)
+        new_window = ((window if mode == "rotated" else b"") + raw)[-WINDOW:]
+        # A finished file's torn last line is kept, terminated, so the loader rejects it.
+        history += raw + (b"\n" if raw and not raw.endswith(b"\n") else b"")
+    hist_ino = _int(sections, "hist_ino")
+    if hist_ino:
+        taken = whole_lines(sections.get("hist", b""))
+        inode, offset = hist_ino, _int(sections, "hist_start") + len(taken)
+        new_window = ((window if mode == "append" else b"") + taken)[-WINDOW:]
+        history += taken
+    return Pull(history, inode, offset, new_window, mode, _facts(sections))
+
+
+def _text(sections: dict[str, bytes], name: str) -> str | None:
+    raw = sections.get(name)
+    if raw is None:
+        return None
+    value = raw.decode("utf-8", "replace").strip()
+    return value or None
+
+
+def _int(sections: dict[str, bytes], name: str) -> int:
+    value = _text(sections, name) or "0"
+    if not _INT.match(value):
+        raise ReportError(f"section {name!r} is not an integer: {value!r}")
+    return int(value)
+
+
+def _override_value(kv: str, key: str) -> str | None:
+    for line in kv.splitlines():
+        m = re.match(rf"^\s*(?:export\s+)?{key}=(.*)$", line)
+        if m:
+            value = m.group(1).strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            return value or None
+    return None
+
+
+def _facts(sections: dict[str, bytes]) -> dict[str, Any]:
+    kv = _text(sections, "override_kv") or ""
+    uptime = _text(sections, "uptime")
+    state = sections.get("state")
+    legacy = sections.get("legacy")
+    return {
+        "os": _text(sections, "os"),
+        "role": _text(sections, "role"),
+        "override_present": "override_sha" in sections,
+        "override_sha": _text(sections, "override_sha"),
+        "override_path": _text(sections, "override_path"),
+        "override_repo": _override_value(kv, "PUPPET_REPO"),
+        "override_branch": _override_value(kv, "PUPPET_BRANCH"),
+        "vault_status": _text(sections, "vault_status"),
+        "vault_sha": _text(sections, "vault_sha"),
+        "vault_path": _text(sections, "vault_path"),
+        "uptime_s": int(uptime) if uptime and _INT.match(uptime) else None,
+        "state_file": _decode(state),
+        "state_file_path": _text(sections, "state_path"),
+        "legacy_summary": _decode(legacy),
+        "legacy_summary_path": _text(sections, "legacy_path"),
+    }
+
+
+def _decode(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

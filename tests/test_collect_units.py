@@ -1,0 +1,197 @@
+"""Collector pieces that need no sshd: the remote command, report framing, the mirror."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.collect import CollectOptions, collect_fleet
+from pipeline.errors import FleetstateError
+from pipeline.mirror import Cursor, Mirror
+from pipeline.remote import (
+    SCRIPT,
+    ReportError,
+    build_command,
+    interpret,
+    parse_sections,
+    posix_cksum,
+    whole_lines,
+)
+from pipeline.targets import TargetError
+
+HOSTILE = [
+    "a;rm -rf /",
+    "$(touch /tmp/pwned)",
+    "`id`",
+    "h' || true '",
+    "x\ny",
+    "../etc",
+    "h o",
+    "-oProxyCommand=sh",
+    "ünïcode",
+]
+COMMAND = re.compile(r"/bin/sh -c (?P<script>'.*') fleetstate (\d+) (\d+) (\d+) (\d+)", re.S)
+
+
+def test_command_is_the_fixed_script_plus_four_integers() -> None:
+    cmd = build_command(123, 456, 789, 1024)
+    m = COMMAND.fullmatch(cmd)
+    assert m and m.groups()[1:] == ("123", "456", "789", "1024")
+    assert shlex.split(cmd) == ["/bin/sh", "-c", SCRIPT, "fleetstate", "123", "456", "789", "1024"]
+
+
+@pytest.mark.parametrize("bad", ["1", "1; id", -1, 1.5, True, None, 10**3 * -1])
+def test_command_refuses_anything_but_non_negative_integers(bad: object) -> None:
+    with pytest.raises(ValueError):
+        build_command(bad, 0, 0, 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        build_command(0, 0, 0, bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_host_names_stop_before_any_connection(name: str, tmp_path: Path) -> None:
+    with pytest.raises(TargetError):
+        collect_fleet([name], Mirror(tmp_path), CollectOptions(ssh_config=tmp_path / "none"))
+    with pytest.raises(TargetError):
+        Mirror(tmp_path).host_dir(name)
+    assert list(tmp_path.iterdir()) == []
+
+
+@given(st.binary(max_size=2048), st.integers(0, 2**64), st.integers(0, 2**40))
+def test_any_history_content_gives_the_same_script_and_integers_only(
+    window: bytes, inode: int, extra: int
+) -> None:
+    """History bytes reach the command only as a cksum and a length."""
+    cursor = Cursor(inode=inode, offset=len(window) + extra, window=window)
+    cmd = build_command(cursor.offset, cursor.inode, posix_cksum(cursor.window), len(cursor.window))
+    m = COMMAND.fullmatch(cmd)
+    assert m and shlex.split(m.group("script")) == [SCRIPT]
+    assert m.groups()[1:] == tuple(
+        str(v) for v in (cursor.offset, inode, posix_cksum(window), len(window))
+    )
+
+
+def test_script_is_posix_sh(tmp_path: Path) -> None:
+    subprocess.run(["sh", "-n", "-c", SCRIPT], check=True)
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed")
+    (tmp_path / "remote.sh").write_text("#!/bin/sh\n" + SCRIPT)
+    subprocess.run([shellcheck, "-s", "sh", str(tmp_path / "remote.sh")], check=True)
+
+
+def test_posix_cksum_matches_cksum_binary() -> None:
+    for data in (b"", b"x", b"hello\n" * 999):
+        out = subprocess.run(["cksum"], input=data, capture_output=True, check=True).stdout
+        assert posix_cksum(data) == int(out.split()[0])
+
+
+def _report(*sections: tuple[str, bytes]) -> bytes:
+    body = b"".join(b"@%s %d\n%s\n" % (n.encode(), len(v), v) for n, v in sections)
+    return b"FLEETSTATE-REPORT 1\n" + body + b"@end 0\n\n"
+
+
+def test_sections_are_binary_safe() -> None:
+    payload = b"\x00\xff@end 0\n\n@hist 3\nabc\n"
+    assert parse_sections(_report(("hist", payload), ("os", b"Linux")))["hist"] == payload
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"Last login: ...\n",
+        b"FLEETSTATE-REPORT 1\n@hist 10\nabc\n",
+        b"FLEETSTATE-REPORT 1\n@os 5\nLinux\n",
+        b"FLEETSTATE-REPORT 1\n@os x\n\n",
+    ],
+)
+def test_framing_errors_are_report_errors(bad: bytes) -> None:
+    with pytest.raises(ReportError):
+        parse_sections(bad)
+
+
+def test_whole_lines_stop_at_torn_line_and_nul_padding() -> None:
+    assert whole_lines(b'{"a":1}\n{"b"') == b'{"a":1}\n'
+    assert whole_lines(b'{"a":1}\n{"b":2}\n\x00\x00') == b'{"a":1}\n{"b":2}\n'
+    assert whole_lines(b'{"a":1}\n{"b":\x00\x00\n') == b'{"a":1}\n'
+
+
+def test_rotated_torn_tail_is_kept_terminated_and_cursor_moves_on() -> None:
+    sections = parse_sections(
+        _report(
+            ("mode", b"rotated"),
+            ("rot_ino", b"5"),
+            ("rot_skip", b"10"),
+            ("rot", b'{"x":1}\n{"tor'),
+            ("hist_ino", b"9"),
+            ("hist_start", b"0"),
+            ("hist", b'{"y":2}\n{"half'),
+        )
+    )
+    pull = interpret(sections, b"0123456789")
+    assert pull.history == b'{"x":1}\n{"tor\n{"y":2}\n'
+    assert (pull.inode, pull.offset, pull.window) == (9, 8, b'{"y":2}\n')
+
+
+def test_mirror_rolls_back_appends_that_were_never_committed(tmp_path: Path) -> None:
+    m = Mirror(tmp_path)
+    m.append_history("h1", b"one\n")
+    m.append_observation("h1", {"host": "h1"})
+    committed = m.save_cursor("h1", Cursor(inode=3, offset=4, window=b"one\n"))
+    m.append_history("h1", b"two\n")  # ...and the collector dies here
+    m.append_observation("h1", {"host": "h1", "n": 2})
+    assert m.read_cursor("h1") == committed
+    d = tmp_path / "h1"
+    assert (d / "history.jsonl").read_bytes() == b"one\n"
+    assert [json.loads(x) for x in (d / "observations.jsonl").read_text().splitlines()] == [
+        {"host": "h1"}
+    ]
+    with pytest.raises(ValueError):
+        m.append_history("h1", b"torn")
+
+
+def test_mirror_pulls_again_when_history_was_deleted(tmp_path: Path) -> None:
+    m = Mirror(tmp_path)
+    m.append_history("h1", b"one\n")
+    m.save_cursor("h1", Cursor(inode=3, offset=4, window=b"one\n"))
+    (tmp_path / "h1" / "history.jsonl").unlink()
+    assert (m.read_cursor("h1").inode, m.read_cursor("h1").offset) == (0, 0)
+
+
+def test_one_collector_per_mirror(tmp_path: Path) -> None:
+    m = Mirror(tmp_path)
+    with m.locked(), pytest.raises(FleetstateError, match="another collector"), m.locked():
+        pass
+
+
+def test_errors_are_fleetstate_errors(tmp_path: Path) -> None:
+    from pipeline.collect import SshConfigError, load_ssh_config
+    from pipeline.errors import FleetstateError
+
+    assert issubclass(TargetError, FleetstateError) and issubclass(TargetError, ValueError)
+    with pytest.raises(SshConfigError, match="cannot use ssh config"):
+        load_ssh_config(tmp_path / "missing")
+    loop = tmp_path / "loop"
+    loop.write_text(f"Include {loop}\n")
+    with pytest.raises(SshConfigError, match="nested"):
+        load_ssh_config(loop)
+
+
+def test_layering_collect_has_no_duckdb_mirror_has_no_paramiko() -> None:
+    code = (
+        "import sys, pipeline.collect, pipeline.mirror, pipeline.remote, pipeline.targets\n"
+        "assert 'duckdb' not in sys.modules, 'collect imports duckdb'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    code = "import sys, pipeline.mirror; assert 'paramiko' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,291 @@
+"""Faults on the host never break the puppet run: the wrapper still exits with
+puppet's code, the library returns 0 and logs to stderr, and what can be
+recorded is. Includes concurrent writers and rotation at the cap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from wrapper_helpers import (
+    BASH,
+    FIELDS,
+    LIB,
+    LINUX_SCRIPT,
+    Host,
+    check_record,
+    git,
+    make_host,
+    restricted_bin,
+)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    return make_host(tmp_path)
+
+
+def test_read_only_state_directory(host: Host) -> None:
+    """A real read-only mount (root ignores permission bits) in a private namespace."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not available")
+    ro = host.root / "ro"
+    ro.mkdir()
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a mount namespace here")
+    script = f'mount -t tmpfs -o ro tmpfs "{ro}" || exit 99\nexec {BASH} "{LINUX_SCRIPT}"'
+    env = {
+        **host.env,
+        "PUPPET_STATE_FILE": str(ro / "last_run_metadata.json"),
+        "FAKE_PUPPET_RC": "2",
+    }
+    proc = subprocess.run(
+        ["unshare", "-m", BASH, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "state file not written" in proc.stderr
+    (rec,) = host.history_records()  # the history still gets the attempt
+    check_record(rec, host, exit_code=2)
+
+
+def test_state_file_rename_fails_when_target_is_a_directory(host: Host) -> None:
+    host.state.mkdir(parents=True)
+    proc = host.run(FAKE_PUPPET_RC="0")
+    assert proc.returncode == 0
+    assert "cannot rename" in proc.stderr
+    assert [p.name for p in host.state.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_missing_git_at_record_time(host: Host) -> None:
+    path = restricted_bin(host.root / "nogit", {"git"})
+    proc = host.bash(
+        'set -eu\nwrite_puppet_state "$@"\necho survived',
+        str(host.upstream),
+        "r",
+        "0",
+        "3",
+        str(host.override),
+        str(host.vault),
+        PATH=str(path),
+    )
+    assert proc.returncode == 0 and proc.stdout == b"survived\n"
+    assert b"git not found" in proc.stderr
+    rec = host.state_record()
+    assert [rec[k] for k in ("git_repo", "git_sha", "git_dirty")] == [None, None, None]
+    assert rec["git_branch"] == "main"  # from the override file
+    assert rec["exit_code"] == 0
+
+
+def test_missing_git_in_the_wrapper_is_a_prepare_failure(host: Host) -> None:
+    path = restricted_bin(host.root / "nogit", {"git"})
+    proc = host.run(FAKE_PUPPET_RC="0", PATH=f"{host.bin}:{path}")
+    assert proc.returncode == 1
+    (rec,) = host.history_records()
+    assert rec["stage"] == "prepare" and rec["exit_code"] is None
+    assert rec["git_sha"] is None
+
+
+def test_missing_sha_tools(host: Host) -> None:
+    path = restricted_bin(host.root / "nosha", {"sha256sum", "shasum", "openssl"})
+    proc = host.run(FAKE_PUPPET_RC="2", PATH=f"{host.bin}:{path}")
+    assert proc.returncode == 2, proc.stderr
+    rec = host.state_record()
+    assert rec["override_sha"] is None and rec["vault_sha"] is None
+    assert rec["git_sha"] == host.upstream_sha and rec["exit_code"] == 2
+    assert "no sha256sum, shasum or openssl" in proc.stderr
+
+
+def test_no_history_directory(host: Host) -> None:
+    proc = host.run(
+        FAKE_PUPPET_RC="4", PUPPET_RUN_HISTORY=str(host.root / "missing" / "history.jsonl")
+    )
+    assert proc.returncode == 4
+    assert "history not written" in proc.stderr
+    check_record(host.state_record(), host, exit_code=4)
+
+
+def test_full_disk_on_history(host: Host) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    proc = host.run(
+        FAKE_PUPPET_RC="0",
+        PUPPET_RUN_HISTORY="/dev/full",
+        PUPPET_RUN_HISTORY_LOCK=str(host.root / "lock"),
+    )
+    assert proc.returncode == 0
+    assert "cannot append to /dev/full" in proc.stderr
+    check_record(host.state_record(), host, exit_code=0)
+    assert not (host.root / "lock").exists()
+
+
+def test_torn_last_line_does_not_swallow_the_next(host: Host) -> None:
+    host.history.write_text('{"schema_version":1,"ts":"2026-01-0')  # died mid-write
+    host.run(FAKE_PUPPET_RC="0")
+    lines = host.history.read_text().splitlines()
+    assert len(lines) == 2
+    check_record(json.loads(lines[1]), host, exit_code=0)
+
+
+def test_concurrent_writers_never_interleave(host: Host) -> None:
+    """2 x 50 writers at the same moment: 100 whole lines, none lost or torn."""
+    launch = (
+        "for i in $(seq 1 50); do\n"
+        f'  write_puppet_state "{host.working_dir}" "w$1-$i" 0 1 /o /v &\n'
+        "done\nwait"
+    )
+    procs = [
+        subprocess.Popen(
+            [BASH, "-c", f'. "{LIB}"\n{launch}', "x", str(n)],
+            env={**host.env, "PUPPET_STATE_LOCK_TIMEOUT_S": "30"},
+            stderr=subprocess.PIPE,
+        )
+        for n in (1, 2)
+    ]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert all(b"not acquired" not in e for e in errs), errs
+    lines = host.history.read_text().split("\n")
+    assert lines[-1] == ""
+    records = [json.loads(line) for line in lines[:-1]]
+    assert len(records) == 100
+    assert all(list(r) == FIELDS for r in records)
+    assert {r["role"] for r in records} == {f"w{n}-{i}" for n in (1, 2) for i in range(1, 51)}
+    assert len({r["run_id"] for r in records}) == 100
+    assert json.loads(host.state.read_text())["role"].startswith("w")
+    assert not Path(f"{host.history}.lock").exists()
+    assert [p.name for p in host.state.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_two_wrappers_at_once(host: Host) -> None:
+    env = {**host.env, "FAKE_PUPPET_RC": "2"}
+    other = {**env, "PUPPET_WORKING_DIR": str(host.root / "wd2"), "FAKE_PUPPET_RC": "6"}
+    procs = [
+        subprocess.Popen(
+            [BASH, str(LINUX_SCRIPT)], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for e in (env, other)
+    ]
+    assert sorted(p.wait(timeout=60) for p in procs) == [2, 6]
+    assert sorted(r["exit_code"] for r in host.history_records()) == [2, 6]
+
+
+def test_rotation_at_the_cap(host: Host) -> None:
+    cap = 2500
+    for _ in range(7):
+        proc = host.run(FAKE_PUPPET_RC="2", PUPPET_RUN_HISTORY_MAX_BYTES=str(cap))
+        assert proc.returncode == 2
+    rotated = Path(f"{host.history}.1")
+    assert rotated.exists()
+    assert 0 < host.history.stat().st_size <= cap
+    assert rotated.stat().st_size <= cap
+    current = host.history_records()
+    old = [json.loads(line) for line in rotated.read_text().splitlines()]
+    assert current[-1] == host.state_record()
+    assert old[-1]["ts"] <= current[0]["ts"]
+    assert host.history.stat().st_mode & 0o777 == 0o644
+
+
+def test_stale_lock_from_a_dead_holder_is_broken(host: Host) -> None:
+    lock = Path(f"{host.history}.lock")
+    lock.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (lock / "owner").write_text(f"{dead.pid} {int(time.time())}\n")
+    start = time.monotonic()
+    proc = host.bash(f'write_puppet_state "{host.working_dir}" r 0 1 /o /v')
+    assert time.monotonic() - start < 3
+    assert b"breaking stale history lock" in proc.stderr
+    assert len(host.history_records()) == 1 and not lock.exists()
+
+
+def test_lock_wait_is_bounded(host: Host) -> None:
+    lock = Path(f"{host.history}.lock")
+    lock.mkdir()
+    (lock / "owner").write_text(f"{os.getpid()} {int(time.time())}\n")  # alive, fresh
+    start = time.monotonic()
+    proc = host.bash(
+        f'write_puppet_state "{host.working_dir}" r 0 1 /o /v', PUPPET_STATE_LOCK_TIMEOUT_S="1"
+    )
+    assert time.monotonic() - start < 4
+    assert proc.returncode == 0 and b"appending without it" in proc.stderr
+    assert len(host.history_records()) == 1 and lock.exists()  # the holder's lock stays
+
+
+def test_library_survives_strict_caller_with_everything_broken(host: Host) -> None:
+    path = restricted_bin(
+        host.root / "bare", {"git", "sha256sum", "shasum", "openssl", "hostname", "uname"}
+    )
+    snippet = (
+        'set -euo pipefail\ntrap "echo ERR-trap" ERR\nIFS=:\n'
+        'write_puppet_state "" "" "" "" "" ""\necho "still here IFS=[$IFS]"'
+    )
+    proc = host.bash(
+        snippet,
+        PATH=str(path),
+        PUPPET_STATE_FILE="/proc/nope/state.json",
+        PUPPET_RUN_HISTORY="/proc/nope/h.jsonl",
+    )
+    assert proc.returncode == 0
+    assert proc.stdout == b"still here IFS=[:]\n"
+
+
+def test_wrapper_without_the_library_still_runs_puppet(host: Host) -> None:
+    lone = host.root / "lone" / "run-puppet-linux.sh"
+    lone.parent.mkdir()
+    shutil.copy(LINUX_SCRIPT, lone)
+    proc = host.run(lone, FAKE_PUPPET_RC="2")
+    assert proc.returncode == 2
+    assert "runs will not be recorded" in proc.stderr
+    assert host.marker.exists() and not host.history.exists()
+    assert (host.working_dir / "manifests" / "site.pp").exists()  # the override's repo
+
+
+def test_record_overhead_is_well_under_100ms(host: Host) -> None:
+    """Median in-process cost of one seed-style call on a real checkout."""
+    git("clone", "-q", str(host.upstream), str(host.working_dir))
+    snippet = (
+        '[ -n "${EPOCHREALTIME:-}" ] || { echo skip; exit 0; }\n'
+        "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do\n"
+        "  t0=${EPOCHREALTIME/[.,]/}\n"
+        f'  write_puppet_state "{host.working_dir}" r 0 1 "{host.override}" "{host.vault}"\n'
+        "  t1=${EPOCHREALTIME/[.,]/}\n"
+        "  echo $((t1 - t0))\n"
+        "done"
+    )
+    out = host.bash(snippet).stdout.decode().split()
+    if out == ["skip"]:
+        pytest.skip("bash without EPOCHREALTIME")
+    micros = sorted(int(x) for x in out)
+    assert len(micros) == 15 and micros[7] < 100_000, micros
+
+
+def test_begin_and_override_value_survive_a_strict_caller(host: Host) -> None:
+    path = restricted_bin(host.root / "bare", {"sha256sum", "shasum", "openssl", "date", "od"})
+    snippet = (
+        "set -euo pipefail\n"
+        'puppet_state_begin --attempt 2 --override /nonexistent --vault "$1"\n'
+        "puppet_state_override_value /nonexistent PUPPET_BRANCH\n"
+        'puppet_state_override_value "$2" PUPPET_BRANCH\n'
+        'echo "branch=$PUPPET_STATE_VALUE attempt=$PUPPET_STATE_ATTEMPT"'
+    )
+    proc = host.bash(snippet, str(host.vault), str(host.override), PATH=str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"branch=main attempt=2\n"
+
+
+def test_caller_ifs_does_not_change_the_record(host: Host) -> None:
+    wd = host.working_dir
+    git("clone", "-q", str(host.upstream), str(wd))
+    (wd / "r10k_modules").mkdir()
+    (wd / "r10k_modules" / "m.pp").write_text("x")
+    proc = host.bash(f'IFS=:\nwrite_puppet_state "{wd}" "a b:c" 0 1 /o /v')
+    assert proc.returncode == 0
+    rec = host.state_record()
+    assert rec["git_dirty"] is False and rec["role"] == "a b:c"

@@ -1,0 +1,163 @@
+"""The run-puppet scripts end to end: real bash, a real git remote, a fake puppet.
+
+Each case checks the wrapper's exit code, the state file and the history line
+field by field (parsed with json), for both the Linux and the macOS script.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from wrapper_helpers import LINUX_SCRIPT, MACOS_SCRIPT, Host, check_record, git, make_host
+
+SCRIPTS = pytest.mark.parametrize("script", [LINUX_SCRIPT, MACOS_SCRIPT], ids=["linux", "macos"])
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    return make_host(tmp_path)
+
+
+@SCRIPTS
+@pytest.mark.parametrize("rc", [0, 1, 2, 4, 6])
+def test_each_puppet_exit_code_is_recorded_and_returned(host: Host, script: Path, rc: int) -> None:
+    proc = host.run(script, FAKE_PUPPET_RC=str(rc))
+    assert proc.returncode == rc, proc.stderr
+    history = host.history_records()
+    assert len(history) == 1
+    check_record(history[0], host, exit_code=rc)
+    assert host.state_record() == history[0]
+    assert host.state.stat().st_mode & 0o777 == 0o644
+    assert "fake puppet apply" in proc.stdout  # puppet's output still reaches the console
+    assert host.marker.read_text() == "role=gecko_t_linux_talos\n"
+
+
+@SCRIPTS
+def test_hung_puppet_is_killed_and_recorded_as_failed(host: Host, script: Path) -> None:
+    start = time.monotonic()
+    proc = host.run(
+        script, FAKE_PUPPET_RC="0", FAKE_PUPPET_HANG="1", PUPPET_TIMEOUT_S="1", timeout=30
+    )
+    assert time.monotonic() - start < 15
+    assert proc.returncode == 143, proc.stderr  # SIGTERM from the watchdog
+    (rec,) = host.history_records()
+    check_record(rec, host, exit_code=143)
+    assert rec["success"] is False and rec["duration_s"] >= 1
+
+
+def test_retries_record_every_attempt(host: Host) -> None:
+    proc = host.run(FAKE_PUPPET_RC="6", PUPPET_SINGLE_RUN="0", PUPPET_MAX_ATTEMPTS="3")
+    assert proc.returncode == 6
+    history = host.history_records()
+    assert [r["attempt"] for r in history] == [1, 2, 3]
+    for i, rec in enumerate(history, 1):
+        check_record(rec, host, exit_code=6, attempt=i)
+    assert len({r["run_id"] for r in history}) == 3
+    assert host.state_record() == history[-1]
+
+
+def test_retry_stops_at_first_success(host: Host) -> None:
+    proc = host.run(FAKE_PUPPET_RC="2", PUPPET_SINGLE_RUN="0", PUPPET_MAX_ATTEMPTS="3")
+    assert proc.returncode == 2
+    assert [r["attempt"] for r in host.history_records()] == [1]
+
+
+@SCRIPTS
+def test_missing_role_is_a_prepare_failure(host: Host, script: Path) -> None:
+    host.role_file.unlink()
+    proc = host.run(script, FAKE_PUPPET_RC="0")
+    assert proc.returncode == 1
+    (rec,) = host.history_records()
+    check_record(rec, host, exit_code=None, stage="prepare")
+    assert rec["role"] is None and rec["success"] is False
+    assert not host.marker.exists()
+
+
+def test_missing_vault_is_a_prepare_failure(host: Host) -> None:
+    host.vault.unlink()
+    proc = host.run(FAKE_PUPPET_RC="0")
+    assert proc.returncode == 1
+    (rec,) = host.history_records()
+    check_record(rec, host, exit_code=None, stage="prepare")
+    assert rec["vault_sha"] is None and rec["role"] == "gecko_t_linux_talos"
+    assert not host.marker.exists()
+
+
+def test_git_fetch_failure_is_a_prepare_failure(host: Host) -> None:
+    host.override.write_text(
+        f'PUPPET_REPO="file://{host.root}/no-such-repo"\nPUPPET_BRANCH="feature"\n'
+    )
+    proc = host.run(FAKE_PUPPET_RC="0", PUPPET_SINGLE_RUN="0", PUPPET_MAX_ATTEMPTS="2")
+    assert proc.returncode == 1
+    history = host.history_records()
+    assert [(r["stage"], r["exit_code"], r["attempt"]) for r in history] == [
+        ("prepare", None, 1),
+        ("prepare", None, 2),
+    ]
+    check_record(history[0], host, exit_code=None, stage="prepare")
+    assert history[0]["git_branch"] == "feature"
+    assert not host.marker.exists()
+
+
+def test_exit_code_is_puppets_not_tees(host: Host) -> None:
+    # tee cannot open its log (no such directory) and fails; puppet's 4 still wins.
+    proc = host.run(FAKE_PUPPET_RC="4", PUPPET_RUN_LOG=str(host.root / "nodir" / "run.log"))
+    assert proc.returncode == 4
+    (rec,) = host.history_records()
+    assert rec["exit_code"] == 4 and rec["success"] is False
+
+
+def test_run_log_gets_puppet_output(host: Host) -> None:
+    host.run(FAKE_PUPPET_RC="0")
+    assert "fake puppet apply" in (host.root / "log" / "puppet_run.log").read_text()
+
+
+def test_branch_applied_and_new_commits_followed(host: Host) -> None:
+    git("checkout", "-q", "-b", "feature/x", cwd=host.upstream)
+    (host.upstream / "manifests" / "new.pp").write_text("# new\n")
+    git("add", ".", cwd=host.upstream)
+    git("commit", "-q", "-m", "feature", cwd=host.upstream)
+    sha = git("rev-parse", "HEAD", cwd=host.upstream)
+    host.override.write_text(
+        f"PUPPET_REPO='file://{host.upstream}'\nexport PUPPET_BRANCH=\"feature/x\"\n"
+    )
+    assert host.run(FAKE_PUPPET_RC="2").returncode == 2
+    rec = host.state_record()
+    assert rec["git_branch"] == "feature/x"  # not "HEAD": the checkout is detached
+    assert rec["git_sha"] == sha
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=host.working_dir) == "HEAD"
+
+
+def test_no_override_uses_defaults_and_records_null_override_sha(host: Host) -> None:
+    host.override.unlink()
+    proc = host.run(
+        FAKE_PUPPET_RC="0",
+        PUPPET_DEFAULT_REPO=f"file://{host.upstream}",
+        PUPPET_DEFAULT_BRANCH="main",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rec = host.state_record()
+    assert rec["override_sha"] is None and rec["override_path"] == str(host.override)
+    assert rec["git_branch"] == "main" and rec["git_sha"] == host.upstream_sha
+
+
+def test_vault_content_never_leaves(host: Host) -> None:
+    proc = host.run(FAKE_PUPPET_RC="0")
+    secret = "vault-content-must-not-leak-4242"
+    for text in (proc.stdout, proc.stderr, host.state.read_text(), host.history.read_text()):
+        assert secret not in text
+
+
+def test_generated_vault_copy_does_not_make_checkout_dirty(host: Host) -> None:
+    host.run(FAKE_PUPPET_RC="0")
+    assert (host.working_dir / "data" / "secrets" / "vault.yaml").exists()
+    assert host.state_record()["git_dirty"] is False
+
+
+def test_wrapper_under_bash_3_2_compat_mode(host: Host) -> None:
+    proc = host.run(MACOS_SCRIPT, FAKE_PUPPET_RC="2", BASH_COMPAT="3.2")
+    assert proc.returncode == 2, proc.stderr
+    (rec,) = host.history_records()
+    check_record(rec, host, exit_code=2)

@@ -1,0 +1,596 @@
+# shellcheck shell=bash
+# puppet_state.sh: record one masterless puppet attempt (fleetstate record, schema v1).
+#
+# Sourced by the run-puppet scripts. Each call writes the state file (the last
+# run, replaced atomically) and appends one line to the run history (under a
+# mkdir lock, rotated past a size cap). Written for bash 3.2 (macOS /bin/bash)
+# and current Linux bash. It never fails and never blocks the puppet run: every
+# problem is logged to stderr and the public functions return 0.
+#
+# Public functions (see wrapper/README.md):
+#   puppet_state_begin  [--attempt N] [--override PATH] [--vault PATH]
+#   puppet_state_record --exit-code N [--stage puppet|prepare] [--role R]
+#                       [--working-dir D] [--branch B] [--attempt N]
+#                       [--duration S] [--override PATH] [--vault PATH]
+#   write_puppet_state  WORKING_DIR ROLE EXIT_CODE DURATION_S OVERRIDE_PATH VAULT_PATH [STATE_FILE]
+#   puppet_state_override_value FILE KEY   (sets PUPPET_STATE_VALUE)
+
+PUPPET_STATE_WRAPPER_VERSION="1.0.0"
+
+# Set by puppet_state_begin, consumed (and cleared) by the next record.
+PUPPET_STATE_RUN_ID=""
+PUPPET_STATE_STARTED_AT=""
+PUPPET_STATE_START_EPOCH=""
+PUPPET_STATE_ATTEMPT=""
+_PS_BEGIN_OVERRIDE=""
+_PS_BEGIN_OVERRIDE_SHA=""
+_PS_BEGIN_VAULT=""
+_PS_BEGIN_VAULT_SHA=""
+_PS_BEGIN_DONE=""
+
+_ps_log() {
+    printf 'puppet_state: %s\n' "$*" >&2
+}
+
+# Epoch seconds -> ISO 8601 UTC in _PS_ISO, in pure arithmetic because the
+# portable date(1) has no way to format a given epoch (GNU -d vs BSD -r).
+_ps_iso_utc() {
+    local t=$1 z era doe yoe y doy mp d m s
+    z=$((t / 86400 + 719468))
+    s=$((t % 86400))
+    era=$(((z >= 0 ? z : z - 146096) / 146097))
+    doe=$((z - era * 146097))
+    yoe=$(((doe - doe / 1460 + doe / 36524 - doe / 146096) / 365))
+    y=$((yoe + era * 400))
+    doy=$((doe - (365 * yoe + yoe / 4 - yoe / 100)))
+    mp=$(((5 * doy + 2) / 153))
+    d=$((doy - (153 * mp + 2) / 5 + 1))
+    m=$((mp < 10 ? mp + 3 : mp - 9))
+    y=$((m <= 2 ? y + 1 : y))
+    printf -v _PS_ISO '%04d-%02d-%02dT%02d:%02d:%02dZ' \
+        "$y" "$m" "$d" $((s / 3600)) $((s % 3600 / 60)) $((s % 60))
+}
+
+# Current epoch in _PS_NOW (empty when date fails).
+_ps_now() {
+    _PS_NOW=$(date -u +%s 2>/dev/null)
+    case $_PS_NOW in '' | *[!0-9]*) _PS_NOW="" ;; esac
+}
+
+_ps_new_run_id() {
+    local id="" src=${PUPPET_STATE_UUID_SOURCE:-/proc/sys/kernel/random/uuid}
+    if [ -r "$src" ]; then
+        read -r id <"$src" 2>/dev/null
+    elif command -v uuidgen >/dev/null 2>&1; then
+        id=$(uuidgen 2>/dev/null | tr 'ABCDEF' 'abcdef')
+    fi
+    case $id in
+    ????????-????-????-????-????????????) ;;
+    *)
+        # No /proc, no uuidgen: 16 random bytes from od, else $RANDOM and the pid.
+        id=$(od -An -N16 -tx1 /dev/urandom 2>/dev/null | tr -d ' \n')
+        case $id in
+        *[!0-9a-f]* | '') ;;
+        *)
+            if [ ${#id} -eq 32 ]; then
+                PUPPET_STATE_RUN_ID=${id:0:8}-${id:8:4}-4${id:13:3}-a${id:17:3}-${id:20:12}
+                return 0
+            fi
+            ;;
+        esac
+        printf -v id '%04x%04x-%04x-4%03x-%x%03x-%04x%04x%04x' \
+            "$RANDOM" "$RANDOM" "$RANDOM" $((RANDOM % 4096)) $((8 + RANDOM % 4)) \
+            $((RANDOM % 4096)) "$RANDOM" $(($$ % 65536)) "$RANDOM"
+        ;;
+    esac
+    PUPPET_STATE_RUN_ID=$id
+}
+
+# sha256 of a file in _PS_SHA; empty when the file is absent or no tool works.
+# The file goes to the tool on stdin: its content is never held in a variable.
+_ps_sha256() {
+    local f=$1 out=""
+    _PS_SHA=""
+    [ -n "$f" ] && [ -e "$f" ] || return 0
+    if [ ! -r "$f" ] || [ -d "$f" ]; then
+        _ps_log "cannot read $f; its sha256 is null"
+        return 0
+    fi
+    if command -v sha256sum >/dev/null 2>&1; then
+        out=$(sha256sum <"$f" 2>/dev/null)
+        out=${out%% *}
+    elif command -v shasum >/dev/null 2>&1; then
+        out=$(shasum -a 256 <"$f" 2>/dev/null)
+        out=${out%% *}
+    elif command -v openssl >/dev/null 2>&1; then
+        out=$(openssl dgst -sha256 <"$f" 2>/dev/null)
+        out=${out##* }
+    else
+        _ps_log "no sha256sum, shasum or openssl; sha256 of $f is null"
+        return 0
+    fi
+    case $out in
+    *[!0-9a-f]* | '') _ps_log "could not hash $f; its sha256 is null" ;;
+    *) [ ${#out} -eq 64 ] && _PS_SHA=$out ;;
+    esac
+    return 0
+}
+
+# Value of KEY in a shell KEY="value" file, without executing it, in
+# PUPPET_STATE_VALUE (the last assignment wins, as when the file is sourced).
+puppet_state_override_value() {
+    _ps_override_value "${1:-}" "${2:-}" || true
+    return 0
+}
+
+_ps_override_value() {
+    local file=$1 key=$2 line v
+    PUPPET_STATE_VALUE=""
+    [ -f "$file" ] && [ -r "$file" ] || return 0
+    while IFS= read -r line || [ -n "$line" ]; do
+        line=${line#"${line%%[![:space:]]*}"}
+        line=${line#export }
+        case $line in "$key="*) ;; *) continue ;; esac
+        v=${line#*=}
+        v=${v%$'\r'}
+        v=${v%"${v##*[![:space:]]}"}
+        case $v in
+        \"*\") v=${v#\"} && v=${v%\"} ;;
+        \'*\') v=${v#\'} && v=${v%\'} ;;
+        esac
+        PUPPET_STATE_VALUE=$v
+    done <"$file"
+    return 0
+}
+
+# Drop a credential from a repo URL before it reaches a world-readable file:
+# http(s)/ftp(s) lose their whole userinfo (tokens are often passed as the
+# user name), other schemes (ssh://git@host) keep the user but lose a password.
+_ps_strip_credentials() {
+    local u=$1 scheme rest auth path userinfo
+    _PS_URL=$u
+    case $u in *://*) ;; *) return 0 ;; esac
+    scheme=${u%%://*}
+    rest=${u#*://}
+    auth=${rest%%[/?#]*}
+    path=${rest#"$auth"}
+    case $auth in *@*) ;; *) return 0 ;; esac
+    userinfo=${auth%@*}
+    auth=${auth##*@}
+    case $scheme in
+    [Hh][Tt][Tt][Pp] | [Hh][Tt][Tt][Pp][Ss] | [Ff][Tt][Pp] | [Ff][Tt][Pp][Ss]) ;;
+    *) case $userinfo in *:*) auth=${userinfo%%:*}@$auth ;; *) auth=$userinfo@$auth ;; esac ;;
+    esac
+    _PS_URL=$scheme://$auth$path
+}
+
+# Replace every byte that is not part of a valid UTF-8 sequence by U+FFFD, so
+# that strict parsers (Python's json) accept the record. Runs under LC_ALL=C.
+_ps_utf8_fix() {
+    local s=$1 out="" i=0 n c c2 need lo hi k ok
+    n=${#s}
+    local fffd=$'\xef\xbf\xbd' cont=$'\x80'-$'\xbf'
+    while [ "$i" -lt "$n" ]; do
+        c=${s:i:1}
+        need=0 lo=$'\x80' hi=$'\xbf'
+        case $c in
+        [$'\x01'-$'\x7f']) out+=$c && i=$((i + 1)) && continue ;;
+        [$'\xc2'-$'\xdf']) need=1 ;;
+        $'\xe0') need=2 lo=$'\xa0' ;;
+        [$'\xe1'-$'\xec'] | $'\xee' | $'\xef') need=2 ;;
+        $'\xed') need=2 hi=$'\x9f' ;;
+        $'\xf0') need=3 lo=$'\x90' ;;
+        [$'\xf1'-$'\xf3']) need=3 ;;
+        $'\xf4') need=3 hi=$'\x8f' ;;
+        esac
+        ok=0
+        if [ "$need" -gt 0 ]; then
+            ok=1
+            c2=${s:i+1:1}
+            case $c2 in ["$lo"-"$hi"]) ;; *) ok=0 ;; esac
+            k=2
+            while [ "$ok" -eq 1 ] && [ "$k" -le "$need" ]; do
+                c2=${s:i+k:1}
+                case $c2 in [$cont]) ;; *) ok=0 ;; esac
+                k=$((k + 1))
+            done
+        fi
+        if [ "$ok" -eq 1 ]; then
+            out+=${s:i:need+1}
+            i=$((i + need + 1))
+        else
+            out+=$fffd
+            i=$((i + 1))
+        fi
+    done
+    _PS_U=$out
+}
+
+# JSON string literal of $1 in _PS_J. Replacements, not a per-character
+# loop, keep it fast; the byte loop runs only for strings with non-ASCII bytes.
+_ps_json_string() {
+    local s=$1 i hex c
+    case $s in *[$'\x80'-$'\xff']*) _ps_utf8_fix "$s" && s=$_PS_U ;; esac
+    s=${s//\\/\\\\}
+    s=${s//\"/\\\"}
+    case $s in
+    *[$'\x01'-$'\x1f']*)
+        s=${s//$'\n'/\\n}
+        s=${s//$'\t'/\\t}
+        s=${s//$'\r'/\\r}
+        s=${s//$'\b'/\\b}
+        s=${s//$'\f'/\\f}
+        case $s in
+        *[$'\x01'-$'\x1f']*)
+            i=1
+            while [ "$i" -lt 32 ]; do
+                printf -v hex '%02x' "$i"
+                printf -v c '%b' "\\x$hex"
+                s=${s//"$c"/\\u00$hex}
+                i=$((i + 1))
+            done
+            ;;
+        esac
+        ;;
+    esac
+    _PS_J="\"$s\""
+}
+
+# JSON string of $1, or null when $1 is empty.
+_ps_json_string_or_null() {
+    if [ -z "$1" ]; then _PS_J=null; else _ps_json_string "$1"; fi
+}
+
+# JSON integer of $1 (digits only, up to 18) in _PS_J, else null.
+_ps_json_int() {
+    local v=$1
+    case $v in '' | *[!0-9]*) _PS_J=null && return 0 ;; esac
+    if [ ${#v} -gt 18 ]; then _PS_J=null && return 0; fi
+    _PS_J=$((10#$v))
+}
+
+# Git facts of the checkout: _PS_GIT_REPO, _PS_GIT_SHA, _PS_GIT_SYMREF
+# (branch name or empty when detached) and _PS_GIT_DIRTY (true/false/empty).
+_ps_git_info() {
+    local wd=$1 out line excl
+    _PS_GIT_REPO="" _PS_GIT_SHA="" _PS_GIT_SYMREF="" _PS_GIT_DIRTY=""
+    [ -n "$wd" ] || return 0
+    if ! command -v git >/dev/null 2>&1; then
+        _ps_log "git not found; git fields are null"
+        return 0
+    fi
+    if [ ! -d "$wd" ]; then
+        _ps_log "working dir $wd does not exist; git fields are null"
+        return 0
+    fi
+    local -a g
+    export GIT_OPTIONAL_LOCKS=0 GIT_TERMINAL_PROMPT=0
+    g=(git -C "$wd" -c safe.directory='*')
+    out=$("${g[@]}" rev-parse HEAD --symbolic-full-name HEAD 2>/dev/null)
+    line=${out%%$'\n'*}
+    case $line in *[!0-9a-f]* | '') line="" ;; esac
+    if [ ${#line} -ge 40 ]; then _PS_GIT_SHA=$line; fi
+    case $out in
+    *$'\n'refs/heads/*) _PS_GIT_SYMREF=${out#*$'\n'refs/heads/} ;;
+    esac
+    # A URL may end in newlines; the trailing x keeps command substitution from eating them.
+    out=$("${g[@]}" config --get remote.origin.url 2>/dev/null && printf x)
+    case $out in
+    *x)
+        out=${out%x}
+        _PS_GIT_REPO=${out%$'\n'}
+        ;;
+    esac
+    # Files the wrapper itself generates do not make the checkout dirty.
+    local -a pathspec
+    pathspec=(.)
+    for excl in ${PUPPET_STATE_DIRTY_EXCLUDE-data/secrets/vault.yaml r10k_modules .r10k}; do
+        pathspec+=(":(exclude)$excl")
+    done
+    if out=$("${g[@]}" status --porcelain --untracked-files=normal -- "${pathspec[@]}" 2>/dev/null); then
+        if [ -n "$out" ]; then _PS_GIT_DIRTY=true; else _PS_GIT_DIRTY=false; fi
+    fi
+    return 0
+}
+
+# Lock dir $1 held on return 0; 1 when it cannot be had within the timeout.
+# mkdir is atomic on every local filesystem and needs no flock(1) (absent on macOS).
+_ps_lock() {
+    local dir=$1 tries=0 max absent=0 opid oepoch now parent
+    local timeout=${PUPPET_STATE_LOCK_TIMEOUT_S:-5} stale=${PUPPET_STATE_LOCK_STALE_S:-60}
+    case $timeout in '' | *[!0-9]*) timeout=5 ;; esac
+    case $stale in '' | *[!0-9]*) stale=60 ;; esac
+    max=$((timeout * 20 + 1))
+    case $dir in */*) parent=${dir%/*} ;; *) parent=. ;; esac
+    [ -n "$parent" ] || parent=/
+    while :; do
+        if mkdir "$dir" 2>/dev/null; then
+            printf '%s %s\n' "$$" "${_PS_NOW:-0}" >"$dir/owner" 2>/dev/null
+            return 0
+        fi
+        tries=$((tries + 1))
+        [ "$tries" -lt "$max" ] || return 1
+        if [ ! -d "$dir" ]; then
+            # Released between our mkdir and this test, or not creatable at all.
+            [ -d "$parent" ] && [ -w "$parent" ] || return 1
+            continue
+        fi
+        opid="" oepoch=""
+        if [ -r "$dir/owner" ]; then
+            read -r opid oepoch <"$dir/owner" 2>/dev/null
+            absent=0
+        else
+            absent=$((absent + 1))
+        fi
+        case $opid in '' | *[!0-9]*) opid="" ;; esac
+        case $oepoch in '' | *[!0-9]*) oepoch="" ;; esac
+        now=${_PS_NOW:-0}
+        if { [ -n "$opid" ] && ! kill -0 "$opid" 2>/dev/null && ! ps -p "$opid" >/dev/null 2>&1; } ||
+            { [ -n "$oepoch" ] && [ "$oepoch" -gt 0 ] && [ $((now - oepoch)) -gt "$stale" ]; } ||
+            [ "$absent" -gt 20 ]; then
+            _ps_log "breaking stale history lock $dir (holder ${opid:-unknown})"
+            local trash="$dir.stale.$$.$RANDOM"
+            if mv "$dir" "$trash" 2>/dev/null; then rm -rf "$trash"; fi
+            absent=0
+            continue
+        fi
+        sleep 0.05 2>/dev/null || sleep 1
+    done
+}
+
+_ps_unlock() {
+    rm -f "$1/owner" 2>/dev/null
+    rmdir "$1" 2>/dev/null
+    return 0
+}
+
+# Write the state file atomically: a unique temp file beside it, then rename.
+_ps_write_state() {
+    local file=$1 rec=$2 dir base tmp n=0
+    case $file in */*) dir=${file%/*} ;; *) dir=. ;; esac
+    [ -n "$dir" ] || dir=/
+    base=${file##*/}
+    if [ ! -d "$dir" ] && ! mkdir -p "$dir" 2>/dev/null; then
+        _ps_log "cannot create state directory $dir; state file not written"
+        return 0
+    fi
+    set -C
+    while :; do
+        tmp="$dir/.$base.${PUPPET_STATE_RUN_ID:-x}.$$.$RANDOM$RANDOM"
+        if { : >"$tmp"; } 2>/dev/null; then break; fi
+        n=$((n + 1))
+        if [ "$n" -ge 5 ] || [ ! -w "$dir" ]; then
+            set +C
+            _ps_log "cannot create a temp file in $dir; state file not written"
+            return 0
+        fi
+    done
+    set +C
+    if ! printf '%s\n' "$rec" >"$tmp" 2>/dev/null; then
+        _ps_log "cannot write $tmp (disk full?); state file not written"
+        rm -f "$tmp"
+        return 0
+    fi
+    chmod 0644 "$tmp" 2>/dev/null
+    # mv would move the temp file into a directory instead of replacing it.
+    if [ -d "$file" ] || ! mv -f "$tmp" "$file" 2>/dev/null; then
+        _ps_log "cannot rename $tmp to $file; state file not written"
+        rm -f "$tmp"
+    fi
+    return 0
+}
+
+# Append the record to the history under the lock, rotating past the cap.
+_ps_append_history() {
+    local hist=$1 rec=$2 dir lock cap size last new="" locked=1
+    case $hist in */*) dir=${hist%/*} ;; *) dir=. ;; esac
+    [ -n "$dir" ] || dir=/
+    if [ ! -d "$dir" ]; then
+        _ps_log "history directory $dir does not exist; history not written"
+        return 0
+    fi
+    lock=${PUPPET_RUN_HISTORY_LOCK:-$hist.lock}
+    cap=${PUPPET_RUN_HISTORY_MAX_BYTES:-8388608}
+    case $cap in '' | *[!0-9]*) cap=8388608 ;; esac
+    if ! _ps_lock "$lock"; then
+        locked=0
+        _ps_log "history lock $lock not acquired; appending without it"
+    fi
+    if [ -s "$hist" ]; then
+        if [ "$locked" -eq 1 ]; then
+            size=$(wc -c <"$hist" 2>/dev/null)
+            size=${size//[!0-9]/}
+            if [ -n "$size" ] && [ $((size + ${#rec} + 1)) -gt "$cap" ]; then
+                mv -f "$hist" "$hist.1" 2>/dev/null || _ps_log "cannot rotate $hist"
+            fi
+        fi
+        # A line torn by an earlier full disk must not swallow this one.
+        if [ -s "$hist" ]; then
+            last=$(tail -c 1 "$hist" 2>/dev/null)
+            [ -z "$last" ] || new=$'\n'
+        fi
+    fi
+    local created=0
+    [ -e "$hist" ] || created=1
+    if ! printf '%s%s\n' "$new" "$rec" >>"$hist" 2>/dev/null; then
+        _ps_log "cannot append to $hist (read-only or disk full?)"
+    elif [ "$created" -eq 1 ]; then
+        chmod 0644 "$hist" 2>/dev/null
+    fi
+    [ "$locked" -eq 0 ] || _ps_unlock "$lock"
+    return 0
+}
+
+# Public functions that set the caller's variables cannot run in a subshell;
+# calling their bodies in an || list keeps a caller's set -e from firing inside.
+puppet_state_begin() {
+    _ps_begin "$@" || true
+    return 0
+}
+
+_ps_begin() {
+    local attempt=1 override="" vault=""
+    while [ $# -gt 0 ]; do
+        case $1 in
+        --attempt) attempt=${2:-} && shift ;;
+        --override) override=${2:-} && shift ;;
+        --vault) vault=${2:-} && shift ;;
+        *) _ps_log "puppet_state_begin: unknown argument $1" ;;
+        esac
+        shift
+    done
+    _ps_now
+    PUPPET_STATE_START_EPOCH=$_PS_NOW
+    PUPPET_STATE_STARTED_AT=""
+    if [ -n "$_PS_NOW" ]; then
+        _ps_iso_utc "$_PS_NOW"
+        PUPPET_STATE_STARTED_AT=$_PS_ISO
+    fi
+    _ps_new_run_id
+    PUPPET_STATE_ATTEMPT=$attempt
+    _PS_BEGIN_OVERRIDE=$override _PS_BEGIN_OVERRIDE_SHA=""
+    _PS_BEGIN_VAULT=$vault _PS_BEGIN_VAULT_SHA=""
+    if [ -n "$override" ]; then _ps_sha256 "$override" && _PS_BEGIN_OVERRIDE_SHA=$_PS_SHA; fi
+    if [ -n "$vault" ]; then _ps_sha256 "$vault" && _PS_BEGIN_VAULT_SHA=$_PS_SHA; fi
+    _PS_BEGIN_DONE=1
+    return 0
+}
+
+_ps_reset_begin() {
+    PUPPET_STATE_RUN_ID="" PUPPET_STATE_STARTED_AT="" PUPPET_STATE_START_EPOCH=""
+    PUPPET_STATE_ATTEMPT="" _PS_BEGIN_DONE=""
+    _PS_BEGIN_OVERRIDE="" _PS_BEGIN_OVERRIDE_SHA="" _PS_BEGIN_VAULT="" _PS_BEGIN_VAULT_SHA=""
+}
+
+# Build and write one record. Runs in a subshell (see puppet_state_record).
+_ps_record() {
+    local exit_code="" stage=puppet role="" wd="" branch="" attempt="" duration=""
+    local override=${PUPPET_OVERRIDE_FILE:-} vault=${PUPPET_VAULT_FILE:-}
+    local state=${PUPPET_STATE_FILE:-/etc/puppet/last_run_metadata.json}
+    local hist=${PUPPET_RUN_HISTORY:-/var/log/puppet_run_history.jsonl}
+    local os ts started success host rec j_override_sha j_vault_sha
+    while [ $# -gt 0 ]; do
+        case $1 in
+        --exit-code) exit_code=${2:-} ;;
+        --stage) stage=${2:-} ;;
+        --role) role=${2:-} ;;
+        --working-dir) wd=${2:-} ;;
+        --branch) branch=${2:-} ;;
+        --attempt) attempt=${2:-} ;;
+        --duration) duration=${2:-} ;;
+        --override) override=${2:-} ;;
+        --vault) vault=${2:-} ;;
+        --state-file) state=${2:-} ;;
+        *) _ps_log "puppet_state_record: unknown argument $1" && shift && continue ;;
+        esac
+        shift 2 || break
+    done
+    os=$(uname -s 2>/dev/null)
+    if [ -z "$override" ]; then
+        case $os in Darwin) override=/opt/puppet_environments/ronin_settings ;; *) override=/etc/puppet/ronin_settings ;; esac
+    fi
+    if [ -z "$vault" ]; then
+        case $os in Darwin) vault=/var/root/vault.yaml ;; *) vault=/root/vault.yaml ;; esac
+    fi
+
+    _ps_now
+    ts=null started=null
+    if [ -n "$_PS_NOW" ]; then
+        _ps_iso_utc "$_PS_NOW"
+        ts="\"$_PS_ISO\""
+    fi
+    if [ -z "$duration" ] && [ -n "$PUPPET_STATE_START_EPOCH" ] && [ -n "$_PS_NOW" ]; then
+        duration=$((_PS_NOW - PUPPET_STATE_START_EPOCH))
+    fi
+    if [ -n "$PUPPET_STATE_STARTED_AT" ]; then
+        started="\"$PUPPET_STATE_STARTED_AT\""
+    else
+        case $duration in '' | *[!0-9]*) ;; *)
+            if [ -n "$_PS_NOW" ] && [ ${#duration} -le 12 ]; then
+                _ps_iso_utc $((_PS_NOW - 10#$duration))
+                started="\"$_PS_ISO\""
+            fi
+            ;;
+        esac
+    fi
+    [ -n "$PUPPET_STATE_RUN_ID" ] || _ps_new_run_id
+    [ -n "$attempt" ] || attempt=${PUPPET_STATE_ATTEMPT:-1}
+
+    _ps_json_int "$exit_code"
+    exit_code=$_PS_J
+    case $exit_code in 0 | 2) success=true ;; *) success=false ;; esac
+
+    if [ -n "$_PS_BEGIN_DONE" ] && [ "$override" = "$_PS_BEGIN_OVERRIDE" ]; then
+        _PS_SHA=$_PS_BEGIN_OVERRIDE_SHA
+    else
+        _ps_sha256 "$override"
+    fi
+    _ps_json_string_or_null "$_PS_SHA"
+    j_override_sha=$_PS_J
+    if [ -n "$_PS_BEGIN_DONE" ] && [ "$vault" = "$_PS_BEGIN_VAULT" ]; then
+        _PS_SHA=$_PS_BEGIN_VAULT_SHA
+    else
+        _ps_sha256 "$vault"
+    fi
+    _ps_json_string_or_null "$_PS_SHA"
+    j_vault_sha=$_PS_J
+
+    _ps_git_info "$wd"
+    if [ -z "$branch" ]; then branch=$_PS_GIT_SYMREF; fi
+    if [ -z "$branch" ]; then
+        puppet_state_override_value "$override" PUPPET_BRANCH
+        branch=$PUPPET_STATE_VALUE
+    fi
+    _ps_strip_credentials "$_PS_GIT_REPO"
+
+    host=${PUPPET_STATE_HOST:-}
+    [ -n "$host" ] || host=$(hostname -f 2>/dev/null)
+    [ -n "$host" ] || host=$(hostname 2>/dev/null)
+
+    rec="{\"schema_version\":1,\"ts\":$ts,\"success\":$success,\"exit_code\":$exit_code"
+    _ps_json_string_or_null "$_PS_URL" && rec+=",\"git_repo\":$_PS_J"
+    _ps_json_string_or_null "$branch" && rec+=",\"git_branch\":$_PS_J"
+    _ps_json_string_or_null "$_PS_GIT_SHA" && rec+=",\"git_sha\":$_PS_J"
+    rec+=",\"override_sha\":$j_override_sha,\"vault_sha\":$j_vault_sha"
+    _ps_json_string_or_null "$override" && rec+=",\"override_path\":$_PS_J"
+    _ps_json_string_or_null "$role" && rec+=",\"role\":$_PS_J"
+    _ps_json_int "$duration" && rec+=",\"duration_s\":$_PS_J"
+    rec+=",\"git_dirty\":${_PS_GIT_DIRTY:-null}"
+    _ps_json_string_or_null "$vault" && rec+=",\"vault_path\":$_PS_J"
+    _ps_json_string_or_null "$host" && rec+=",\"host\":$_PS_J"
+    _ps_json_string_or_null "$PUPPET_STATE_RUN_ID" && rec+=",\"run_id\":$_PS_J"
+    rec+=",\"started_at\":$started"
+    _ps_json_int "$attempt" && rec+=",\"attempt\":$_PS_J"
+    _ps_json_string_or_null "$stage" && rec+=",\"stage\":$_PS_J"
+    _ps_json_string_or_null "$os" && rec+=",\"os\":$_PS_J"
+    rec+=",\"wrapper_version\":\"$PUPPET_STATE_WRAPPER_VERSION\"}"
+
+    _ps_write_state "$state" "$rec"
+    _ps_append_history "$hist" "$rec"
+    return 0
+}
+
+# Record one attempt. In a subshell so that the caller's set -e/-u, traps,
+# IFS and variables can neither break the record nor be changed by it.
+puppet_state_record() {
+    (
+        set +e +u -f
+        IFS=$' \t\n'
+        LC_ALL=C
+        # bash 5.2 under BASH_COMPAT<=42 would eat a backslash of each \\ replacement.
+        shopt -u patsub_replacement 2>/dev/null
+        _ps_record "$@"
+    ) </dev/null >&2 || true
+    _ps_reset_begin
+    return 0
+}
+
+# Seed-compatible entry point (hosts already call it this way).
+write_puppet_state() {
+    local -a extra
+    extra=()
+    if [ -n "${7:-}" ]; then extra=(--state-file "$7"); fi
+    puppet_state_record --working-dir "${1:-}" --role "${2:-}" --exit-code "${3:-}" \
+        --duration "${4:-}" --override "${5:-}" --vault "${6:-}" --stage puppet ${extra[@]+"${extra[@]}"}
+    return 0
+}
