@@ -113,3 +113,20 @@ def test_role_filter_and_branch_of_override(fleet: Fleet, tmp_path: Path) -> Non
     assert branches[s["H"]] == ["hotfix"]
     assert branches[s["E"]] == ["feature", "main"]
     assert branches[s["B"]] == ["feature", "hotfix", "main"]
+
+
+def test_every_analytics_name_answers_on_an_empty_warehouse(tmp_path: Path) -> None:
+    con = open_db(tmp_path)
+    sha = "0" * 40
+    for query in (
+        "SELECT * FROM commit_ancestry([?])", "SELECT * FROM commit_branches WHERE ? IS NOT NULL",
+        "SELECT * FROM commit_distance(?, [])", "SELECT rollout_first_seen(?)",
+        "SELECT * FROM rollout_events(?)", "SELECT * FROM rollout_hosts(?)",
+        "SELECT * FROM rollout_curve(?)", "SELECT * FROM rollout_by_role(?)",
+        "SELECT * FROM drift_daily WHERE ? IS NOT NULL",
+        "SELECT * FROM host_intervals WHERE ? IS NOT NULL",
+    ):  # fmt: skip
+        con.execute(query, [sha]).fetchall()
+    r = analytics.rollout(con, sha)
+    assert r.hosts.is_empty() and r.curve.is_empty() and r.summary["hosts"][0] == 0
+    assert not r.complete
