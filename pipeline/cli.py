@@ -212,10 +212,12 @@ def rollout(
         views.emit_rollout_depth(result, fmt.value, part_name)
     else:
         refreshes = 0
+        ingesting = from_dir is not None or bool(ingest_targets)
         while True:
-            if from_dir is not None or ingest_targets:
+            if ingesting:
                 _ingest_quietly(ingest_targets, from_dir)
-            con = _open(read_only=False)
+            # after our own ingest in this process, reopen the same way it opened
+            con = _open(read_only=not ingesting)
             result = analytics.rollout(con, report.resolve_sha(con, sha), role, stale_hours)
             con.close()
             if fmt is Format.table and sys.stdout.isatty():

@@ -124,3 +124,13 @@ def test_watch_stops_when_complete(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     docs = documents(out.stdout)
     assert len(docs) == 1 and docs[0][0]["pct_converged"] == 100.0
+
+
+def test_watch_without_ingest_stops_when_the_gate_is_met(db: tuple[Path, dict[str, str]]) -> None:
+    path, s = db
+    met = run(path, "rollout", s["T"], "--watch", "--interval", "0", "--iterations", "3",
+              "--min", "40", "-f", "json", "--part", "summary")  # fmt: skip
+    assert met.exit_code == 0 and len(documents(met.stdout)) == 1
+    unmet = run(path, "rollout", s["T"], "--watch", "--interval", "0", "--iterations", "2",
+                "--min", "50", "-f", "json", "--part", "summary")  # fmt: skip
+    assert unmet.exit_code == 3 and len(documents(unmet.stdout)) == 2
