@@ -57,7 +57,8 @@ _SUMMARY = """
         rollout_first_seen(?) AS first_seen,
         (SELECT subject FROM git_commits WHERE sha = ?) AS subject,
         (SELECT author_time FROM git_commits WHERE sha = ?) AS author_time,
-        (SELECT branches FROM commit_branches WHERE sha = ?) AS branches,
+        (SELECT list(name ORDER BY name) FROM git_refs
+         WHERE sha IN (SELECT sha FROM commits_at(?))) AS branches,
         (SELECT count(*) FROM git_commits) > 0 AS graph_known,
         quantile_disc(time_to_converge_s, 0.5) AS p50_converge_s,
         quantile_disc(time_to_converge_s, 0.9) AS p90_converge_s,
