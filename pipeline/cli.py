@@ -21,6 +21,8 @@ from pipeline.exitcodes import Exit
 if TYPE_CHECKING:
     import duckdb
 
+    from pipeline.analytics import Rollout
+
 app = typer.Typer(
     help="Ground truth of what masterless Puppet applied on every host, and when.",
     no_args_is_help=True,
@@ -203,35 +205,37 @@ def rollout(
              fleetstate rollout 3f2a9c1 --watch --interval 300 --ingest hosts.txt
              fleetstate rollout 3f2a9c1 --format csv --part curve
     """
-    from pipeline import analytics, report, views
+    from pipeline import views
 
-    part_name = part.value if part else None
-    if not watch:
-        con = _open()
-        result = analytics.rollout(con, report.resolve_sha(con, sha), role, stale_hours)
-        views.emit_rollout_depth(result, fmt.value, part_name)
-    else:
-        refreshes = 0
-        ingesting = from_dir is not None or bool(ingest_targets)
-        while True:
-            if ingesting:
-                _ingest_quietly(ingest_targets, from_dir)
-            # after our own ingest in this process, reopen the same way it opened
-            con = _open(read_only=not ingesting)
-            result = analytics.rollout(con, report.resolve_sha(con, sha), role, stale_hours)
-            con.close()
-            if fmt is Format.table and sys.stdout.isatty():
-                print("\033[H\033[2J", end="")
-            views.emit_rollout_depth(result, fmt.value, part_name)
-            refreshes += 1
-            met = min_pct is not None and (result.pct_converged or 0) >= min_pct
-            if result.complete or met or (iterations is not None and refreshes >= iterations):
-                break
-            time.sleep(interval)
+    ingesting = watch and (from_dir is not None or bool(ingest_targets))
+    refreshes = 0
+    while True:
+        if ingesting:
+            _ingest_quietly(ingest_targets, from_dir)
+        # after an ingest in this process, reopen the warehouse the way the ingest did
+        result = _rollout_once(sha, role, stale_hours, read_only=not ingesting)
+        if watch and fmt is Format.table and sys.stdout.isatty():
+            print("\033[H\033[2J", end="")
+        views.emit_rollout_depth(result, fmt.value, part.value if part else None)
+        refreshes += 1
+        gate_met = min_pct is not None and (result.pct_converged or 0) >= min_pct
+        if not watch or result.complete or gate_met or refreshes == iterations:
+            break
+        time.sleep(interval)
     pct = result.pct_converged
     if min_pct is not None and (pct is None or pct < min_pct):
         _progress(f"gate not met: {pct or 0}% converged < {min_pct}%")
         raise typer.Exit(Exit.GATE)
+
+
+def _rollout_once(sha: str, role: str | None, stale_hours: int, read_only: bool) -> Rollout:
+    from pipeline import analytics, report
+
+    con = _open(read_only=read_only)
+    try:
+        return analytics.rollout(con, report.resolve_sha(con, sha), role, stale_hours)
+    finally:
+        con.close()
 
 
 def _ingest_quietly(targets: list[str] | None, from_dir: Path | None) -> None:
