@@ -42,6 +42,12 @@ FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table, json o
 
 class State:
     db: Path = Path("data/fleetstate.duckdb")
+    connections: list[duckdb.DuckDBPyConnection] = []
+
+    def close(self) -> None:
+        """Close what the command opened, so an in-process caller can open the file again."""
+        while self.connections:
+            self.connections.pop().close()
 
 
 state = State()
@@ -49,6 +55,7 @@ state = State()
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     db: Annotated[
         Path | None,
         typer.Option(
@@ -60,12 +67,15 @@ def main_options(
     from pipeline.warehouse import DEFAULT_DB
 
     state.db = db or DEFAULT_DB
+    ctx.call_on_close(state.close)
 
 
 def _open(read_only: bool = True) -> duckdb.DuckDBPyConnection:
     from pipeline import warehouse
 
-    return warehouse.connect(state.db, read_only=read_only)
+    con = warehouse.connect(state.db, read_only=read_only)
+    state.connections.append(con)
+    return con
 
 
 def _progress(message: str) -> None:
