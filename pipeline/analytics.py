@@ -105,9 +105,7 @@ def rollout(
     return Rollout(summary=summary, hosts=hosts, roles=roles, curve=curve, stragglers=stragglers)
 
 
-def drift(
-    con: duckdb.DuckDBPyConnection, since_s: int, role: str | None = None
-) -> pl.DataFrame:
+def drift(con: duckdb.DuckDBPyConnection, since_s: int, role: str | None = None) -> pl.DataFrame:
     """drift_daily rows for the days within `since_s` seconds of now, optionally one role."""
     frame: pl.DataFrame = con.sql(
         """

@@ -180,6 +180,7 @@ class Part(StrEnum):
     curve = "curve"
     stragglers = "stragglers"
     summary = "summary"
+    report = "report"
 
 
 @app.command()
@@ -191,7 +192,8 @@ def rollout(
     ] = None,
     stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
     part: Annotated[
-        Part | None, typer.Option(help="Only this part (json: an array; csv: default hosts).")
+        Part | None,
+        typer.Option(help="One part (default hosts); 'report': everything as one json object."),
     ] = None,
     watch: Annotated[
         bool, typer.Option(help="Ingest, refresh, repeat until complete (or --min met).")
@@ -380,8 +382,11 @@ def ingest_git(
 def ingest_workers(
     pools: Annotated[
         list[str],
-        typer.Option("--pool", envvar="FLEETSTATE_WORKER_POOLS",
-                     help="provisionerId/workerType; repeat, or comma-separate in the env var."),
+        typer.Option(
+            "--pool",
+            envvar="FLEETSTATE_WORKER_POOLS",
+            help="provisionerId/workerType; repeat, or comma-separate in the env var.",
+        ),
     ],
     root_url: Annotated[
         str, typer.Option(envvar="TASKCLUSTER_ROOT_URL", help="Taskcluster deployment root URL.")
@@ -402,19 +407,28 @@ def ingest_workers(
     con = _open(read_only=False)
     for pool, workers in fetched:
         stats = activity.save_activity(con, root_url, pool, workers)
-        _progress(f"{pool}: {stats.workers} workers, {stats.matched} matched a host"
-                  + (f", unmatched: {' '.join(stats.unmatched[:10])}" if stats.unmatched else ""))
+        _progress(
+            f"{pool}: {stats.workers} workers, {stats.matched} matched a host"
+            + (f", unmatched: {' '.join(stats.unmatched[:10])}" if stats.unmatched else "")
+        )
 
 
 @app.command()
 def metrics(
     out: Annotated[
-        Path | None, typer.Option(help="Write this file atomically (a .prom file for the "
-                                       "node_exporter textfile collector); default stdout."),
+        Path | None,
+        typer.Option(
+            help="Write this file atomically (a .prom file for the "
+            "node_exporter textfile collector); default stdout."
+        ),
     ] = None,
     rollout_sha: Annotated[
-        str | None, typer.Option("--rollout", envvar="FLEETSTATE_ROLLOUT_SHA",
-                                 help="Also export the rollout share of this commit."),
+        str | None,
+        typer.Option(
+            "--rollout",
+            envvar="FLEETSTATE_ROLLOUT_SHA",
+            help="Also export the rollout share of this commit.",
+        ),
     ] = None,
     stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
 ) -> None:

@@ -64,30 +64,6 @@ _STATUS_STYLE = {
 }  # fmt: skip
 
 
-def emit_rollout(summary: pl.DataFrame, hosts: pl.DataFrame, fmt: str) -> None:
-    """json: one object {summary, hosts}; csv: the hosts; table: both."""
-    if fmt == "json":
-        doc = {"summary": _records(summary)[0], "hosts": _records(hosts)}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return
-    if fmt == "csv":
-        render.emit(hosts, "csv")
-        return
-    s = summary.row(0, named=True)
-    print(
-        f"commit {s['sha']}  first seen {render._jsonable(s['first_seen']) or 'never'}\n"
-        f"{s['pct_converged'] or 0}% converged: {s['converged']} of {s['hosts']} hosts; "
-        f"{s['failed']} failed, {s['regressed']} regressed, {s['pending']} pending, "
-        f"{s['unreported']} unreported\n"
-    )
-    table = hosts.select(
-        "host", "role", "status",
-        pl.col("latest_sha").str.slice(0, 7),
-        "latest_ts", "latest_exit_code", "converged_at",
-    )  # fmt: skip
-    render.emit(table, "table", styles={"status": lambda v: _STATUS_STYLE.get(v)})
-
-
 def emit_history(frame: pl.DataFrame, fmt: str) -> None:
     if fmt != "table":
         render.emit(frame, fmt)
@@ -129,22 +105,23 @@ def _flat(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def emit_rollout_depth(r: analytics.Rollout, fmt: str, part: str | None = None) -> None:
-    """json: the whole document, or one part as an array; csv: one part (hosts by default);
+    """json/csv: one part as an array (hosts by default), or with part 'report' (json) the
+    whole document as one object;
     table: summary, convergence, curve chart, roles, stragglers, hosts."""
-    if fmt == "json" and part is None:
+    if fmt == "json" and part == "report":
         sys.stdout.write(json.dumps(rollout_document(r), indent=2) + "\n")
         return
     if fmt in ("json", "csv"):
-        frame: pl.DataFrame = getattr(r, part or "hosts")
+        frame: pl.DataFrame = getattr(r, part if part not in (None, "report") else "hosts")
         render.emit(_flat(frame) if fmt == "csv" else frame, fmt)
         return
     for line in rollout_text(r):
         print(line)
-    if part in (None, "stragglers") and r.stragglers.height:
+    if part in (None, "report", "stragglers") and r.stragglers.height:
         print("\nstragglers (longest waiting first)")
         render.emit(_stragglers_table(r.stragglers), "table",
                     styles={"status": lambda v: _STATUS_STYLE.get(v)})  # fmt: skip
-    if part in (None, "hosts"):
+    if part in (None, "report", "hosts"):
         print()
         render.emit(_hosts_table(r.hosts), "table",
                     styles={"status": lambda v: _STATUS_STYLE.get(v)})  # fmt: skip

@@ -130,7 +130,8 @@ def main() -> None:
         "baseline_scan": lambda: con.execute(BASELINE).fetchall(),
         "status": lambda: report.status(con),
         "rollout_summary": lambda: con.execute(
-            "SELECT * FROM rollout_summary(?)", [sha]).fetchall(),  # fmt: skip
+            "SELECT * FROM rollout_summary(?)", [sha]
+        ).fetchall(),  # fmt: skip
         "rollout": lambda: analytics.rollout(con, sha),
         "drift_30d": lambda: analytics.drift(con, 30 * 86400),
     }
