@@ -31,7 +31,10 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
     con.executemany(
         "INSERT INTO git_commits (sha, parents, author_time, commit_time, subject) "
         "VALUES (?, ?, ?, ?, ?)",
-        [(c.sha, [c.parent] if c.parent else [], c.time, c.time, c.subject) for c in summary.commits],
+        [
+            (c.sha, [c.parent] if c.parent else [], c.time, c.time, c.subject)
+            for c in summary.commits
+        ],
     )
     say(
         f"loaded {stats.runs_added:,} runs, {stats.observations_added:,} observations, "
