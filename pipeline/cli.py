@@ -101,6 +101,14 @@ def ingest(
     known_hosts: Annotated[Path | None, typer.Option(help="[default: ~/.ssh/known_hosts]")] = None,
     user: Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds one host may take.")] = 60.0,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds to establish SSH.")] = 10.0,
+    retries: Annotated[
+        int, typer.Option(min=0, max=10, help="Retries of refused/timed-out/reset connections.")
+    ] = 2,
+    port: Annotated[int | None, typer.Option(help="SSH port when ssh_config names none.")] = None,
+    identity: Annotated[
+        list[Path] | None, typer.Option(help="Private key file (repeatable).")
+    ] = None,
 ) -> None:
     """Pull new history bytes and current state from hosts, then load them.
 
@@ -121,6 +129,8 @@ def ingest(
         options = collect.CollectOptions(
             ssh_config=ssh_config, known_hosts=known_hosts, user=user,
             accept_new_host_keys=accept_new_host_keys, host_timeout=timeout, jobs=jobs,
+            connect_timeout=connect_timeout, retries=retries, port=port,
+            identity_files=list(identity or []),
         )  # fmt: skip
         result = collect.collect_fleet(hosts, Mirror(mirror), options, progress=_collect_progress())
         failed = result.hosts_failed

@@ -239,8 +239,8 @@ def test_docs_sql_names_every_view_and_macro_in_queries(con: duckdb.DuckDBPyConn
     doc = (Path(__file__).resolve().parent.parent / "docs" / "sql.md").read_text()
     names = {r[0] for r in con.execute(
         "SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main' UNION "
-        "SELECT function_name FROM duckdb_functions() WHERE function_type IN ('table_macro', 'macro') "
-        "AND schema_name = 'main' AND NOT internal"
+        "SELECT function_name FROM duckdb_functions() "
+        "WHERE function_type IN ('table_macro', 'macro') AND schema_name = 'main' AND NOT internal"
     ).fetchall()}  # fmt: skip
     assert "host_state" in names
     missing = sorted(n for n in names if f"`{n}" not in doc)
