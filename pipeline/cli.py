@@ -8,6 +8,7 @@ commands so that `--help` starts instantly.
 from __future__ import annotations
 
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,6 +20,8 @@ from pipeline.exitcodes import Exit
 
 if TYPE_CHECKING:
     import duckdb
+
+    from pipeline.analytics import Rollout
 
 app = typer.Typer(
     help="Ground truth of what masterless Puppet applied on every host, and when.",
@@ -98,6 +101,14 @@ def ingest(
     known_hosts: Annotated[Path | None, typer.Option(help="[default: ~/.ssh/known_hosts]")] = None,
     user: Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds one host may take.")] = 60.0,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds to establish SSH.")] = 10.0,
+    retries: Annotated[
+        int, typer.Option(min=0, max=10, help="Retries of refused/timed-out/reset connections.")
+    ] = 2,
+    port: Annotated[int | None, typer.Option(help="SSH port when ssh_config names none.")] = None,
+    identity: Annotated[
+        list[Path] | None, typer.Option(help="Private key file (repeatable).")
+    ] = None,
 ) -> None:
     """Pull new history bytes and current state from hosts, then load them.
 
@@ -118,6 +129,8 @@ def ingest(
         options = collect.CollectOptions(
             ssh_config=ssh_config, known_hosts=known_hosts, user=user,
             accept_new_host_keys=accept_new_host_keys, host_timeout=timeout, jobs=jobs,
+            connect_timeout=connect_timeout, retries=retries, port=port,
+            identity_files=list(identity or []),
         )  # fmt: skip
         result = collect.collect_fleet(hosts, Mirror(mirror), options, progress=_collect_progress())
         failed = result.hosts_failed
@@ -171,6 +184,15 @@ def status(
     views.emit_status(frame, fmt.value)
 
 
+class Part(StrEnum):
+    hosts = "hosts"
+    roles = "roles"
+    curve = "curve"
+    stragglers = "stragglers"
+    summary = "summary"
+    report = "report"
+
+
 @app.command()
 def rollout(
     sha: Annotated[str, typer.Argument(help="Full sha or a unique prefix of 7+ hex digits.")],
@@ -179,22 +201,72 @@ def rollout(
         float | None, typer.Option("--min", help="Exit 3 when less than PCT %% converged.")
     ] = None,
     stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
+    part: Annotated[
+        Part | None,
+        typer.Option(help="One part (default hosts); 'report': everything as one json object."),
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option(help="Ingest, refresh, repeat until complete (or --min met).")
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0, help="Seconds between refreshes.")] = 60.0,
+    from_dir: Annotated[
+        Path | None, typer.Option("--from", help="--watch: load this mirror directory each time.")
+    ] = None,
+    ingest_targets: Annotated[
+        list[str] | None, typer.Option("--ingest", help="--watch: collect these hosts each time.")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(min=1, help="--watch: stop after this many refreshes.")
+    ] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Progress of a commit across the fleet.
+    """Progress of a commit across the fleet, in depth: statuses, how far behind or ahead each
+    host is, time to converge (p50, p90, max), the hourly convergence curve, roles, stragglers.
 
     Example: fleetstate rollout 3f2a9c1 --role gecko_t_linux_talos --min 95
+             fleetstate rollout 3f2a9c1 --watch --interval 300 --ingest hosts.txt
+             fleetstate rollout 3f2a9c1 --format csv --part curve
     """
-    from pipeline import report, views
+    from pipeline import views
 
-    con = _open()
-    full = report.resolve_sha(con, sha)
-    summary, hosts = report.rollout(con, full, role, stale_hours)
-    views.emit_rollout(summary, hosts, fmt.value)
-    pct = summary["pct_converged"][0]
+    ingesting = watch and (from_dir is not None or bool(ingest_targets))
+    refreshes = 0
+    while True:
+        if ingesting:
+            _ingest_quietly(ingest_targets, from_dir)
+        # after an ingest in this process, reopen the warehouse the way the ingest did
+        result = _rollout_once(sha, role, stale_hours, read_only=not ingesting)
+        if watch and fmt is Format.table and sys.stdout.isatty():
+            print("\033[H\033[2J", end="")
+        views.emit_rollout_depth(result, fmt.value, part.value if part else None)
+        refreshes += 1
+        gate_met = min_pct is not None and (result.pct_converged or 0) >= min_pct
+        if not watch or result.complete or gate_met or refreshes == iterations:
+            break
+        time.sleep(interval)
+    pct = result.pct_converged
     if min_pct is not None and (pct is None or pct < min_pct):
         _progress(f"gate not met: {pct or 0}% converged < {min_pct}%")
         raise typer.Exit(Exit.GATE)
+
+
+def _rollout_once(sha: str, role: str | None, stale_hours: int, read_only: bool) -> Rollout:
+    from pipeline import analytics, report
+
+    con = _open(read_only=read_only)
+    try:
+        return analytics.rollout(con, report.resolve_sha(con, sha), role, stale_hours)
+    finally:
+        con.close()
+
+
+def _ingest_quietly(targets: list[str] | None, from_dir: Path | None) -> None:
+    """The same ingest the user would run; hosts that fail are reported, not fatal, in a watch."""
+    try:
+        ingest(targets=targets, from_dir=from_dir)
+    except typer.Exit as exc:
+        if exc.exit_code != Exit.PARTIAL:
+            raise
 
 
 @app.command()
@@ -212,20 +284,38 @@ def history(
     views.emit_history(report.history(_open(), host, limit), fmt.value)
 
 
+class DriftPart(StrEnum):
+    daily = "daily"
+    intervals = "intervals"
+
+
 @app.command()
 def drift(
     since: Annotated[str, typer.Option(help="How far back: 30d, 12h, 2w.")] = "30d",
     role: Annotated[str | None, typer.Option(help="Only this role.")] = None,
+    part: Annotated[
+        DriftPart, typer.Option(help="daily (drift_daily) or intervals (host_intervals).")
+    ] = DriftPart.daily,
+    host: Annotated[str | None, typer.Option(help="intervals: only this host.")] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Drift over time: per day and role, how many commits the fleet ran and who was off the norm.
+    """Drift over time: per day and role, how many commits the fleet ran and who was off the
+    norm, failing, overridden, dirty, or not running its current override or vault.
 
     Example: fleetstate drift --since 14d --format csv
+             fleetstate drift --part intervals --host t-linux64-ms-001.test.releng.mdc1.mozilla.com
     """
-    from pipeline import render, report
+    from pipeline import analytics, render, report, views
 
-    frame = report.drift(_open(), report.parse_duration(since), role)
-    render.emit(frame, fmt.value, title=f"drift over the last {since}")
+    con = _open()
+    since_s = report.parse_duration(since)
+    if part is DriftPart.intervals:
+        frame = analytics.intervals(con, since_s, host, role)
+        render.emit(frame, fmt.value, title=f"commit intervals over the last {since}")
+        return
+    daily = analytics.drift(con, since_s, role)
+    title = f"drift over the last {since}"
+    views.emit_drift(daily, analytics.drift_by_day(daily), fmt.value, title)
 
 
 @app.command()
@@ -276,6 +366,97 @@ def demo(
     from pipeline import demo as demo_mod
 
     demo_mod.run(state.db, mirror, _progress)
+
+
+@app.command("ingest-git")
+def ingest_git(
+    repo: Annotated[Path, typer.Argument(help="A local clone of the puppet repository.")],
+) -> None:
+    """Load the puppet repository's commit graph (new commits and branch tips) from a clone.
+
+    Afterwards a host on a descendant of a rollout's target counts as at the target.
+    Incremental: commits reachable from the branch tips saved last time are not read again.
+
+    Example: git -C ~/ronin_puppet fetch && fleetstate ingest-git ~/ronin_puppet
+    """
+    from pipeline import gitgraph
+
+    stats = gitgraph.load_graph(_open(read_only=False), repo)
+    _progress(
+        f"{stats.commits_added:,} new commits, {stats.refs} branches "
+        f"({stats.refs_changed} moved, created or deleted)"
+    )
+
+
+@app.command("ingest-workers")
+def ingest_workers(
+    pools: Annotated[
+        list[str],
+        typer.Option(
+            "--pool",
+            envvar="FLEETSTATE_WORKER_POOLS",
+            help="provisionerId/workerType; repeat, or comma-separate in the env var.",
+        ),
+    ],
+    root_url: Annotated[
+        str, typer.Option(envvar="TASKCLUSTER_ROOT_URL", help="Taskcluster deployment root URL.")
+    ],
+    timeout: Annotated[float, typer.Option(help="Seconds per HTTP request.")] = 30.0,
+) -> None:
+    """Record each worker's last-active time and quarantine from Taskcluster's queue (HEALTHY).
+
+    Workers match hosts by short host name; unmatched workers are counted, not stored.
+
+    Example: fleetstate ingest-workers --root-url https://firefox-ci-tc.services.mozilla.com \\
+                 --pool releng-hardware/gecko-t-linux-talos
+    """
+    from pipeline import activity
+
+    names = [p.strip() for item in pools for p in item.split(",") if p.strip()]
+    fetched = [(pool, activity.fetch_workers(root_url, pool, timeout)) for pool in names]
+    con = _open(read_only=False)
+    for pool, workers in fetched:
+        stats = activity.save_activity(con, root_url, pool, workers)
+        _progress(
+            f"{pool}: {stats.workers} workers, {stats.matched} matched a host"
+            + (f", unmatched: {' '.join(stats.unmatched[:10])}" if stats.unmatched else "")
+        )
+
+
+@app.command()
+def metrics(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write this file atomically (a .prom file for the "
+            "node_exporter textfile collector); default stdout."
+        ),
+    ] = None,
+    rollout_sha: Annotated[
+        str | None,
+        typer.Option(
+            "--rollout",
+            envvar="FLEETSTATE_ROLLOUT_SHA",
+            help="Also export the rollout share of this commit.",
+        ),
+    ] = None,
+    stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
+) -> None:
+    """The fleet state in Prometheus text format: last run time and success, applied commit,
+    override applied, healthy, and a configured commit's rollout share.
+
+    Example: fleetstate metrics --rollout 3f2a9c1 --out /var/lib/node_exporter/fleetstate.prom
+    """
+    from pipeline import metrics as metrics_mod
+    from pipeline import report
+
+    con = _open()
+    sha = report.resolve_sha(con, rollout_sha) if rollout_sha else None
+    text = metrics_mod.exposition(con, sha, stale_hours)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        metrics_mod.write_textfile(out, text)
 
 
 def main() -> None:

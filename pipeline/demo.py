@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline import load, report, samplefleet, views, warehouse
+from pipeline import analytics, load, report, samplefleet, views, warehouse
 from pipeline.errors import FleetstateError
 
 
@@ -27,6 +27,15 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
     con = warehouse.connect(db)
     con.execute("INSERT OR REPLACE INTO meta VALUES ('made_by', 'demo')")
     stats = load.load_mirror(con, mirror)
+    # the sample's commit graph, as `ingest-git` would load it from a clone
+    con.executemany(
+        "INSERT INTO git_commits (sha, parents, author_time, commit_time, subject) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [
+            (c.sha, [c.parent] if c.parent else [], c.time, c.time, c.subject)
+            for c in summary.commits
+        ],
+    )
     say(
         f"loaded {stats.runs_added:,} runs, {stats.observations_added:,} observations, "
         f"{stats.rejects_added} rejects (malformed lines kept in the rejects table) into {db}\n"
@@ -34,8 +43,7 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
     views.emit_status(report.status(con), "table")
     print()
     sha = summary.newest_sha
-    summary_frame, hosts = report.rollout(con, sha)
-    views.emit_rollout(summary_frame, hosts, "table")
+    views.emit_rollout_depth(analytics.rollout(con, sha), "table")
     say(
         "\nnext: fleetstate status --filter 'applied=N|?'   fleetstate rollout "  # noqa: S608
         f"{sha[:7]}   fleetstate drift   fleetstate sql 'SELECT * FROM rejects'"

@@ -59,39 +59,6 @@ def resolve_sha(con: duckdb.DuckDBPyConnection, prefix: str) -> str:
     return str(rows[0][0])
 
 
-def rollout(
-    con: duckdb.DuckDBPyConnection, sha: str, role: str | None = None, stale_hours: int = 24
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(summary one-row frame, per-host frame) for a full sha, optionally one role."""
-    hosts = _frame(
-        con,
-        """
-        SELECT * FROM rollout(?, stale_hours := ?)
-        WHERE ? IS NULL OR role = ?
-        ORDER BY CASE status WHEN 'failed' THEN 0 WHEN 'regressed' THEN 1 WHEN 'unreported' THEN 2
-                             WHEN 'pending' THEN 3 ELSE 4 END, host
-        """,
-        [sha, stale_hours, role, role],
-    )
-    summary = _frame(
-        con,
-        """
-        SELECT ? AS sha, count(*) AS hosts,
-            count(*) FILTER (WHERE status = 'converged') AS converged,
-            count(*) FILTER (WHERE status = 'failed') AS failed,
-            count(*) FILTER (WHERE status = 'pending') AS pending,
-            count(*) FILTER (WHERE status = 'regressed') AS regressed,
-            count(*) FILTER (WHERE status = 'unreported') AS unreported,
-            round(100.0 * count(*) FILTER (WHERE status = 'converged') / nullif(count(*), 0), 1)
-                AS pct_converged,
-            (SELECT min(ts) FROM runs WHERE git_sha = ?) AS first_seen
-        FROM rollout(?, stale_hours := ?) WHERE ? IS NULL OR role = ?
-        """,
-        [sha, sha, sha, stale_hours, role, role],
-    )
-    return summary, hosts
-
-
 def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.DataFrame:
     """The runs of one host, newest first."""
     known = con.execute(

@@ -6,12 +6,16 @@ csv carry the typed columns (full shas, ISO timestamps); the table is for eyes.
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from pipeline import render
+from pipeline import charts, render
+
+if TYPE_CHECKING:
+    from pipeline import analytics
 
 STATUS_COLUMNS = ("host", "role", "os", "pp_sha", "pp_last", "applied", "healthy", "last_seen")
 _FLAG_STYLE = {"Y": "green", "N": "bold red", "?": "yellow", "-": "dim"}
@@ -60,40 +64,6 @@ _STATUS_STYLE = {
 }  # fmt: skip
 
 
-def emit_rollout(summary: pl.DataFrame, hosts: pl.DataFrame, fmt: str) -> None:
-    """json: one object {summary, hosts}; csv: the hosts; table: both."""
-    if fmt == "json":
-        import json
-
-        doc = {
-            "summary": [
-                {k: render._jsonable(v) for k, v in r.items()}
-                for r in summary.iter_rows(named=True)
-            ][0],
-            "hosts": [
-                {k: render._jsonable(v) for k, v in r.items()} for r in hosts.iter_rows(named=True)
-            ],
-        }
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return
-    if fmt == "csv":
-        render.emit(hosts, "csv")
-        return
-    s = summary.row(0, named=True)
-    print(
-        f"commit {s['sha']}  first seen {render._jsonable(s['first_seen']) or 'never'}\n"
-        f"{s['pct_converged'] or 0}% converged: {s['converged']} of {s['hosts']} hosts; "
-        f"{s['failed']} failed, {s['regressed']} regressed, {s['pending']} pending, "
-        f"{s['unreported']} unreported\n"
-    )
-    table = hosts.select(
-        "host", "role", "status",
-        pl.col("latest_sha").str.slice(0, 7),
-        "latest_ts", "latest_exit_code", "converged_at",
-    )  # fmt: skip
-    render.emit(table, "table", styles={"status": lambda v: _STATUS_STYLE.get(v)})
-
-
 def emit_history(frame: pl.DataFrame, fmt: str) -> None:
     if fmt != "table":
         render.emit(frame, fmt)
@@ -106,3 +76,140 @@ def emit_history(frame: pl.DataFrame, fmt: str) -> None:
         pl.col("override_sha").str.slice(0, 8), pl.col("vault_sha").str.slice(0, 8), "source",
     )  # fmt: skip
     render.emit(table, "table", styles={"result": lambda v: "bold red" if v == "FAIL" else "green"})
+
+
+ROLLOUT_PARTS = ("hosts", "roles", "curve", "stragglers", "summary")
+
+
+def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    return [{k: render._jsonable(v) for k, v in r.items()} for r in frame.iter_rows(named=True)]
+
+
+def rollout_document(r: analytics.Rollout) -> dict[str, Any]:
+    """The json of `fleetstate rollout` (documented in docs/analytics.md; keys only ever added)."""
+    return {
+        "summary": _records(r.summary)[0],
+        "roles": _records(r.roles),
+        "curve": _records(r.curve),
+        "stragglers": _records(r.stragglers),
+        "hosts": _records(r.hosts),
+    }
+
+
+def _flat(frame: pl.DataFrame) -> pl.DataFrame:
+    """Lists (exit codes, branches) as space-separated text, for csv."""
+    lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
+    return frame.with_columns(
+        pl.col(c).list.eval(pl.element().cast(pl.Utf8)).list.join(" ") for c in lists
+    )
+
+
+def emit_rollout_depth(r: analytics.Rollout, fmt: str, part: str | None = None) -> None:
+    """json/csv: one part as an array (hosts by default), or with part 'report' (json) the
+    whole document as one object;
+    table: summary, convergence, curve chart, roles, stragglers, hosts."""
+    if fmt == "json" and part == "report":
+        sys.stdout.write(json.dumps(rollout_document(r), indent=2) + "\n")
+        return
+    if fmt in ("json", "csv"):
+        frame: pl.DataFrame = getattr(r, part if part not in (None, "report") else "hosts")
+        render.emit(_flat(frame) if fmt == "csv" else frame, fmt)
+        return
+    for line in rollout_text(r):
+        print(line)
+    if part in (None, "report", "stragglers") and r.stragglers.height:
+        print("\nstragglers (longest waiting first)")
+        render.emit(_stragglers_table(r.stragglers), "table",
+                    styles={"status": lambda v: _STATUS_STYLE.get(v)})  # fmt: skip
+    if part in (None, "report", "hosts"):
+        print()
+        render.emit(_hosts_table(r.hosts), "table",
+                    styles={"status": lambda v: _STATUS_STYLE.get(v)})  # fmt: skip
+
+
+def _dur(seconds: Any) -> str:
+    return "-" if seconds is None else render.age(seconds)
+
+
+def rollout_text(r: analytics.Rollout) -> list[str]:
+    """The header, convergence figures, curve and role bars of the table view."""
+    s = r.summary.row(0, named=True)
+    subject = s["subject"] if s["subject"] is not None else "(commit graph not loaded)"
+    authored = render._jsonable(s["author_time"]) or "-"
+    lines = [
+        f"commit {s['sha']}  {subject}",
+        f"authored {authored}  first seen {render._jsonable(s['first_seen']) or 'never'}"
+        + (f"  branches {' '.join(s['branches'])}" if s["branches"] else ""),
+        f"{s['pct_converged'] or 0}% converged: {s['converged']} of {s['hosts']} hosts; "
+        f"{s['failed']} failed, {s['regressed']} regressed, {s['pending']} pending, "
+        f"{s['unreported']} unreported",
+        f"time to converge since first seen: p50 {_dur(s['p50_converge_s'])}, "
+        f"p90 {_dur(s['p90_converge_s'])}, max {_dur(s['max_converge_s'])}",
+    ]
+    if r.curve.height:
+        first, last = r.curve["hour"][0], r.curve["hour"][-1]
+        lines += ["", "converged hosts by hour"]
+        lines += charts.curve(
+            r.curve["converged"].to_list(), max(s["hosts"], 1),
+            first.strftime("%m-%d %H:%M"), last.strftime("%m-%d %H:%M"),
+        )  # fmt: skip
+    if r.roles.height:
+        lines += ["", "converged by role"]
+        lines += charts.hbars(
+            [str(x) for x in r.roles["role"]], r.roles["pct_converged"].to_list(), width=30,
+            top=100, notes=[f"{c}/{h}" for c, h in zip(r.roles["converged"], r.roles["hosts"],
+                                                     strict=True)],
+        )  # fmt: skip
+    return lines
+
+
+def _stragglers_table(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(
+        "host", "role", "status",
+        pl.Series("waiting", [render.age(w) for w in frame["waiting_s"]], dtype=pl.Utf8),
+        "failures",
+        pl.col("failure_exit_codes").list.eval(pl.element().cast(pl.Utf8)).list.join(" ")
+        .alias("exit_codes"),
+        pl.col("latest_sha").str.slice(0, 7), "behind", "ahead",
+    )  # fmt: skip
+
+
+def _hosts_table(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(
+        "host", "role", "status",
+        pl.col("latest_sha").str.slice(0, 7), "behind", "ahead",
+        "latest_ts", "latest_exit_code", "converged_at",
+        pl.Series("to_converge", [_dur(x) for x in frame["time_to_converge_s"]], dtype=pl.Utf8),
+    )  # fmt: skip
+
+
+def emit_drift(daily: pl.DataFrame, by_day: pl.DataFrame, fmt: str, title: str) -> None:
+    """json/csv: the drift_daily rows; table: a chart of drift by day, then the rows."""
+    if fmt != "table":
+        render.emit(daily, fmt)
+        return
+    for line in drift_chart(by_day):
+        print(line)
+    print()
+    table = daily.with_columns(pl.col("modal_sha").str.slice(0, 7))
+    render.emit(table, "table", title=title,
+                styles={"off_modal": lambda v: "yellow" if v else None,
+                        "failing": lambda v: "bold red" if v else None})  # fmt: skip
+
+
+def drift_chart(by_day: pl.DataFrame) -> list[str]:
+    """One line a day: the share of reporting hosts off their role's modal commit."""
+    if by_day.is_empty():
+        return []
+    notes = [
+        f"{off}/{n} off modal, {fail} failing, {diff} config not applied"
+        for off, n, fail, diff in zip(
+            by_day["off_modal"], by_day["hosts"], by_day["failing"],
+            by_day["override_differs"] + by_day["vault_differs"], strict=True,
+        )
+    ]  # fmt: skip
+    share = [100.0 * o / n if n else 0.0 for o, n in zip(by_day["off_modal"], by_day["hosts"],
+                                                         strict=True)]  # fmt: skip
+    lines = ["hosts off their role's modal commit, by day (bar: share of hosts reporting)"]
+    lines += charts.hbars([str(d) for d in by_day["day"]], share, width=40, top=100, notes=notes)
+    return lines

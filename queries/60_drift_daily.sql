@@ -1,15 +1,42 @@
--- Drift over time: per UTC day and role, the hosts that reported that day (their last
--- run of the day), how many commits they were on, the most common one and who was off it.
+-- Drift over time: per UTC day and role, the hosts that reported that day, judged by
+-- their last run of the day.
+--   hosts, distinct_shas   hosts reporting; distinct commits of their last runs
+--   modal_sha, off_modal   the most common commit (ties: the smallest sha) and hosts not on it
+--   failing                hosts whose last run of the day failed
+--   with_override          ... that ran with an override file
+--   dirty                  ... that ran from a checkout with local changes
+--   override_differs       hosts whose current override (the last reachable observation
+--   vault_differs          by the end of the day) differs from what puppet last applied
+--                          successfully by then; hosts never observed or never successful
+--                          are not counted
 CREATE OR REPLACE VIEW drift_daily AS
 WITH daily AS (
     SELECT host, CAST(ts AS DATE) AS day,
         arg_max(role, ts) AS role, arg_max(git_sha, ts) AS sha, arg_max(success, ts) AS ok,
-        arg_max(override_sha, ts) AS override_sha, arg_max(git_dirty, ts) AS dirty
+        arg_max(override_sha, ts) AS override_sha, arg_max(git_dirty, ts) AS dirty,
+        arg_max({'o': override_sha, 'v': vault_sha}, ts) FILTER (WHERE success) AS ok_day
     FROM runs GROUP BY host, CAST(ts AS DATE)
+), applied AS (
+    SELECT *,
+        CAST(day AS TIMESTAMPTZ) + INTERVAL 1 DAY AS day_end,
+        last_value(ok_day IGNORE NULLS) OVER (
+            PARTITION BY host ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+        ) AS last_ok
+    FROM daily
+), judged AS (
+    SELECT a.*,
+        o.host IS NOT NULL AND a.last_ok IS NOT NULL
+            AND o.override_sha IS DISTINCT FROM a.last_ok.o AS override_differs,
+        o.host IS NOT NULL AND a.last_ok IS NOT NULL
+            AND o.vault_sha IS DISTINCT FROM a.last_ok.v AS vault_differs
+    FROM applied a
+    ASOF LEFT JOIN (
+        SELECT host, observed_at, override_sha, vault_sha FROM observations WHERE reachable
+    ) o ON a.host = o.host AND a.day_end > o.observed_at
 ), sha_counts AS (
     SELECT day, role, sha, count(*) AS n FROM daily WHERE sha IS NOT NULL GROUP BY ALL
 ), modal AS (
-    SELECT day, role, arg_max(sha, n * 1e12 - hash(sha) % 1000000) AS modal_sha
+    SELECT day, role, first(sha ORDER BY n DESC, sha) AS modal_sha
     FROM sha_counts GROUP BY day, role
 )
 SELECT
@@ -21,7 +48,9 @@ SELECT
     count(*) FILTER (WHERE d.sha IS DISTINCT FROM m.modal_sha)  AS off_modal,
     count(*) FILTER (WHERE NOT d.ok)                            AS failing,
     count(*) FILTER (WHERE d.override_sha IS NOT NULL)          AS with_override,
-    count(*) FILTER (WHERE d.dirty)                             AS dirty
-FROM daily d LEFT JOIN modal m USING (day, role)
+    count(*) FILTER (WHERE d.dirty)                             AS dirty,
+    count(*) FILTER (WHERE d.override_differs)                  AS override_differs,
+    count(*) FILTER (WHERE d.vault_differs)                     AS vault_differs
+FROM judged d LEFT JOIN modal m ON m.day = d.day AND m.role IS NOT DISTINCT FROM d.role
 GROUP BY d.day, d.role, m.modal_sha
 ORDER BY d.day, d.role;

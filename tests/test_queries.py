@@ -233,3 +233,15 @@ def test_drift_daily_counts(con: duckdb.DuckDBPyConnection, tmp_path: Path, day_
         "FROM drift_daily"
     ).fetchall()
     assert rows == [(day, "gecko_t_linux_talos", day_hosts, 2, SHA_B, 1, 1, 1)]
+
+
+def test_docs_sql_names_every_view_and_macro_in_queries(con: duckdb.DuckDBPyConnection) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "sql.md").read_text()
+    names = {r[0] for r in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main' UNION "
+        "SELECT function_name FROM duckdb_functions() "
+        "WHERE function_type IN ('table_macro', 'macro') AND schema_name = 'main' AND NOT internal"
+    ).fetchall()}  # fmt: skip
+    assert "host_state" in names
+    missing = sorted(n for n in names if f"`{n}" not in doc)
+    assert missing == []

@@ -1,0 +1,168 @@
+"""The puppet repository's commit graph, read from a local clone into the warehouse.
+
+Rollout counts a descendant of the target as "at" it only once the graph is
+known, and the graph walk is SQL over `git_commits` (queries/30, 35). Reading is
+`git` run with argument lists (never a shell); saving is plain inserts. Loads are
+incremental: commits reachable from the branch tips saved last time are skipped.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa  # type: ignore[import-untyped,unused-ignore]
+
+from pipeline.errors import FleetstateError
+
+_FIELDS = "%H%x00%P%x00%at%x00%ct%x00%an%x00%s%x1e"
+
+
+class GitError(FleetstateError):
+    """The repository cannot be read (not a clone, git missing, git failed)."""
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    parents: list[str]
+    author_time: datetime
+    commit_time: datetime
+    author: str
+    subject: str
+
+
+@dataclass
+class GraphStats:
+    commits_added: int
+    refs: int
+    refs_changed: int
+
+
+def _git(repo: Path, *args: str, stdin: str | None = None) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args],
+            input=stdin, capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+    except FileNotFoundError as exc:
+        raise GitError("git is not installed (needed to read the commit graph)") from exc
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or ["failed"])[0]
+        raise GitError(f"git {args[0]} in {repo}: {first}")
+    return done.stdout
+
+
+def fetch_refs(repo: Path) -> dict[str, str]:
+    """Branch name -> tip sha for local and remote-tracking branches (origin/HEAD left out)."""
+    fmt = "--format=%(objectname) %(refname)"
+    out = _git(repo, "for-each-ref", fmt, "refs/heads", "refs/remotes")
+    refs = {}
+    for line in out.splitlines():
+        sha, ref = line.split(" ", 1)
+        if ref.endswith("/HEAD"):
+            continue
+        name = ref.removeprefix("refs/heads/").removeprefix("refs/remotes/")
+        refs[name] = sha
+    return refs
+
+
+def existing_commits(repo: Path, shas: list[str]) -> list[str]:
+    """The subset of `shas` still in the repository (a rewritten branch may drop some)."""
+    if not shas:
+        return []
+    fmt = "--batch-check=%(objectname) %(objecttype)"
+    out = _git(repo, "cat-file", fmt, stdin="\n".join(shas) + "\n")
+    return [line.split()[0] for line in out.splitlines() if line.endswith(" commit")]
+
+
+def fetch_commits(repo: Path, tips: list[str], exclude: list[str]) -> list[Commit]:
+    """Commits reachable from `tips` but not from `exclude`, newest first."""
+    if not tips:
+        return []
+    args = ["log", f"--format={_FIELDS}", *tips]
+    if exclude:
+        args += ["--not", *exclude]
+    out = _git(repo, *args, "--")
+    commits = []
+    for record in out.split("\x1e"):
+        record = record.strip("\n")
+        if not record:
+            continue
+        sha, parents, at, ct, author, subject = record.split("\x00", 5)
+        commits.append(Commit(
+            sha=sha, parents=parents.split(), author=author, subject=subject,
+            author_time=datetime.fromtimestamp(int(at), UTC),
+            commit_time=datetime.fromtimestamp(int(ct), UTC),
+        ))  # fmt: skip
+    return commits
+
+
+def known_tips(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute("SELECT DISTINCT sha FROM git_refs ORDER BY sha").fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def save_graph(
+    con: duckdb.DuckDBPyConnection, commits: list[Commit], refs: dict[str, str]
+) -> GraphStats:
+    """Insert new commits and replace the branch tips, recording tip changes; one transaction."""
+    now = datetime.now(UTC)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        before = dict(con.execute("SELECT name, sha FROM git_refs").fetchall())
+        n0 = _count(con)
+        _insert_commits(con, commits, now)
+        changed: list[tuple[str, str | None]] = [
+            (n, s) for n, s in refs.items() if before.get(n) != s
+        ]
+        changed += [(n, None) for n in before if n not in refs]
+        for name, sha in changed:
+            con.execute("INSERT INTO git_ref_history VALUES (?, ?, ?)", [name, sha, now])
+        con.execute("DELETE FROM git_refs")
+        for name, sha in refs.items():
+            con.execute("INSERT INTO git_refs VALUES (?, ?, ?)", [name, sha, now])
+        added = _count(con) - n0
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return GraphStats(commits_added=added, refs=len(refs), refs_changed=len(changed))
+
+
+def _insert_commits(con: duckdb.DuckDBPyConnection, commits: list[Commit], now: datetime) -> None:
+    """Bulk insert through Arrow: a repository has tens of thousands of commits."""
+    new_commits = pa.table({
+        "sha": [c.sha for c in commits],
+        "parents": pa.array([c.parents for c in commits], type=pa.list_(pa.string())),
+        "author_time": pa.array([c.author_time for c in commits], type=pa.timestamp("us", "UTC")),
+        "commit_time": pa.array([c.commit_time for c in commits], type=pa.timestamp("us", "UTC")),
+        "subject": [c.subject for c in commits],
+        "author": [c.author for c in commits],
+    })  # fmt: skip
+    con.register("new_commits", new_commits)
+    try:
+        con.execute(
+            "INSERT INTO git_commits (sha, parents, author_time, commit_time, subject, author, "
+            "loaded_at) SELECT *, ? FROM new_commits ON CONFLICT DO NOTHING",
+            [now],
+        )
+    finally:
+        con.unregister("new_commits")
+
+
+def _count(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT count(*) FROM git_commits").fetchall()[0][0])
+
+
+def load_graph(con: duckdb.DuckDBPyConnection, repo: Path) -> GraphStats:
+    """Read what is new in `repo` since the last load and save it."""
+    if not repo.is_dir():
+        raise GitError(f"{repo} is not a directory (expected a clone of the puppet repository)")
+    refs = fetch_refs(repo)
+    exclude = existing_commits(repo, known_tips(con))
+    commits = fetch_commits(repo, sorted(set(refs.values())), exclude)
+    return save_graph(con, commits, refs)

@@ -1,0 +1,26 @@
+-- rollout_curve(target, only_role := NULL): converged hosts at the end of every hour
+-- from the hour the target was first seen to the current hour. "Converged" is the
+-- contract's rule as of that time (see rollout_events), so the last point equals
+-- the `converged` count of rollout_summary.
+CREATE OR REPLACE MACRO rollout_curve(target, only_role := NULL) AS TABLE
+WITH ev AS (
+    SELECT e.host, e.ts,
+        CAST(e.converged AS INTEGER)
+          - coalesce(CAST(lag(e.converged) OVER (PARTITION BY e.host ORDER BY e.seq) AS INTEGER), 0)
+          AS delta
+    FROM rollout_events(target) e
+    WHERE only_role IS NULL
+       OR e.host IN (SELECT host FROM rollout(target) WHERE role = only_role)
+), hourly AS (
+    SELECT date_trunc('hour', ts) AS hour, sum(delta) AS delta FROM ev GROUP BY ALL
+), hours AS (
+    SELECT unnest(generate_series(
+        date_trunc('hour', rollout_first_seen(target)),
+        date_trunc('hour', greatest(now(), (SELECT max(ts) FROM runs))),
+        INTERVAL 1 HOUR
+    )) AS hour
+)
+SELECT hours.hour,
+    CAST(sum(coalesce(hourly.delta, 0)) OVER (ORDER BY hours.hour) AS BIGINT) AS converged
+FROM hours LEFT JOIN hourly USING (hour)
+ORDER BY hours.hour;
