@@ -96,6 +96,8 @@ def load_mirror(
 ) -> LoadStats:
     """Load every new byte of the mirror at `mirror_dir` into the warehouse behind `con`."""
     total = LoadStats()
+    # bytes read and unfinished lines are counted per file, and a file can span batches
+    read = LoadStats()
     cursors = _read_cursors(con)
     batch = Batch()
     for host, hdir in discover(mirror_dir, hosts):
@@ -104,21 +106,29 @@ def load_mirror(
                 continue
             batch.stats.files += 1
             key = str(path.resolve())
-            for start, data in _new_chunks(path, cursors.get(key), batch.stats):
+            for start, data in _new_chunks(path, cursors.get(key), read):
                 _stage(batch, host, path.name, key, start, data)
                 end = start + len(data)
                 batch.cursors.append((key, host, end, _head_sha(path, min(end, HEAD_BYTES))))
                 if batch.nbytes >= BATCH_BYTES:
                     _commit(con, batch)
-                    total.merge(batch.stats)
-                    if progress:
-                        progress(total)
+                    _add_committed(total, read, batch.stats, progress)
                     batch = Batch()
     _commit(con, batch)
-    total.merge(batch.stats)
-    if progress:
-        progress(total)
+    _add_committed(total, read, batch.stats, progress)
+    total.bytes_read, total.pending_bytes = read.bytes_read, read.pending_bytes
     return total
+
+
+def _add_committed(
+    total: LoadStats, read: LoadStats, committed: LoadStats, progress: ProgressFn | None
+) -> None:
+    total.merge(committed)
+    if progress:
+        shown = LoadStats()
+        shown.merge(total)
+        shown.bytes_read, shown.pending_bytes = read.bytes_read, read.pending_bytes
+        progress(shown)
 
 
 def _read_cursors(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str | None]]:

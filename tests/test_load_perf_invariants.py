@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -215,3 +216,17 @@ def test_yes_no_rules_match_the_reasons() -> None:
             f"SELECT t, v FROM tv WHERE ({valid}) IS DISTINCT FROM (({reason}) IS NULL)"
         ).fetchall()
         assert bad == [], (f.name, bad)
+
+
+def test_bytes_read_counts_a_file_that_spans_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(load, "BATCH_BYTES", 4096)
+    line = json.dumps(GOOD, separators=(",", ":")).encode() + b"\n"
+    host = tmp_path / "mirror" / "h1"
+    host.mkdir(parents=True)
+    body = b"".join(line.replace(b"0b7f", f"{i:04x}".encode()) for i in range(60))
+    (host / "history.jsonl").write_bytes(body + b'{"unfinished')
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    stats = load.load_mirror(con, tmp_path / "mirror")
+    assert (stats.bytes_read, stats.pending_bytes, stats.runs_added) == (len(body), 12, 60)
