@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 OURS = ["bench_load.py", "bench_memory.py", "bench_startup.py", "bench_wrapper.py"]
 OTHERS = {  # other issues' benchmarks: their own arguments for a quick run
     "bench_collect.py": ["10", "4"],
-    "bench_analytics.py": ["--quick"],
+    "bench_analytics.py": ["--hosts", "100", "--days", "14"],
 }
 
 
