@@ -19,7 +19,16 @@ import tempfile
 from pathlib import Path
 
 import duckdb
-from common import BENCH_DATA, FLEETSTATE, Figure, emit, env_with_db, note, run_timed
+from common import (
+    BENCH_DATA,
+    FLEETSTATE,
+    Figure,
+    compile_bytecode,
+    emit,
+    env_with_db,
+    note,
+    run_timed,
+)
 from gen_history import ensure
 
 FULL = [(1000, 250), (1000, 500), (1000, 1000)]
@@ -76,6 +85,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds, not minutes)")
     args = ap.parse_args()
     sizes = QUICK if args.quick else FULL
+    compile_bytecode()
     work = Path(tempfile.mkdtemp(prefix="bench-load-"))
     try:
         results = []

@@ -16,7 +16,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import BENCH_DATA, FLEETSTATE, Figure, emit, env_with_db, note, run_timed
+from common import (
+    BENCH_DATA,
+    FLEETSTATE,
+    Figure,
+    compile_bytecode,
+    emit,
+    env_with_db,
+    note,
+    run_timed,
+)
 from gen_history import ensure
 
 FULL = [500_000_000, 1_000_000_000, 2_000_000_000]
@@ -48,6 +57,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="50-200 MB instead of 0.5-2 GB")
     args = ap.parse_args()
     sizes = QUICK if args.quick else FULL
+    compile_bytecode()
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     try:
         result = (0, 0, 0.0, 0.0)

@@ -13,7 +13,6 @@ compiles typer, duckdb's and polars' Python sources again, which is reported too
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ from common import (
     FLEETSTATE,
     ROOT,
     Figure,
+    compile_bytecode,
     emit,
     env_with_db,
     median_of,
@@ -35,14 +35,6 @@ from gen_history import ensure
 
 RUNS = 7
 TARGET_S = 0.3
-
-
-def compile_bytecode() -> None:
-    """What an installer does once; PYTHONDONTWRITEBYTECODE only stops writing at import."""
-    import sysconfig
-
-    for path in (sysconfig.get_paths()["purelib"], str(ROOT / "pipeline")):
-        compileall.compile_dir(path, quiet=2, workers=2)
 
 
 def median_wall(cmd: list[str], env: dict[str, str] | None = None) -> float:

@@ -96,6 +96,17 @@ def median_of(n: int, fn: Callable[[], float]) -> float:
     return statistics.median(fn() for _ in range(n))
 
 
+def compile_bytecode() -> None:
+    """Compile the environment's Python files once, as pip does at install time (uv:
+    `uv sync --compile-bytecode`). With PYTHONDONTWRITEBYTECODE set and no bytecode,
+    every command would compile typer's, duckdb's and polars' sources again."""
+    import compileall
+    import sysconfig
+
+    for path in (sysconfig.get_paths()["purelib"], str(ROOT / "pipeline")):
+        compileall.compile_dir(path, quiet=2, workers=2)
+
+
 def env_with_db(db: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["FLEETSTATE_DB"] = str(db)
