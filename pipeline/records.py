@@ -1,9 +1,11 @@
 """Run records (contract schema v1): one input line -> a typed run, or a reject with a reason.
 
 The parser is SQL run by DuckDB over a whole batch of staged lines at once, so
-the loader runs at the speed of DuckDB's JSON reader rather than Python's. The
-field list below is the single description of the format: the SQL, the
-column list of `runs` and the docs all derive from it.
+the loader runs at the speed of DuckDB's JSON functions rather than Python's:
+fast_sql takes the compact lines the wrapper writes with two parses, slow_sql
+names the problem of any other line. The field list below is the single
+description of the format: the SQL, the column list of `runs` and the docs all
+derive from it.
 """
 
 from __future__ import annotations
@@ -315,27 +317,6 @@ WITH checked AS (
 )
 SELECT * REPLACE (CASE WHEN reason IS NULL THEN {_run_id_sql()} END AS run_id)
 FROM valued
-"""
-
-
-PARSED_COLUMNS = (
-    "file_idx, host, source, source_path, byte_offset, line, reason, extra, "
-    + ", ".join(_out_name(f) for f in FIELDS)
-)
-
-
-def parse_sql(staged: str) -> str:
-    """A SELECT over `staged` (file_idx, byte_offset, line, pre_reason) joined to `staged_files`
-    (file_idx, host, source, source_path): every line with its typed columns and a reason
-    (NULL when the line is a valid run; `line` is kept only for the others).
-
-    The fast path takes the common lines; the slow path judges the rest."""
-    lines = "(SELECT file_idx, host, source, source_path, byte_offset, line, pre_reason FROM fast WHERE NOT ok)"
-    return f"""
-WITH fast AS MATERIALIZED ({fast_sql(staged)})
-SELECT {PARSED_COLUMNS} FROM fast WHERE ok
-UNION ALL
-SELECT {PARSED_COLUMNS} FROM ({slow_sql(lines)})
 """
 
 
