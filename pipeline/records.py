@@ -2,7 +2,7 @@
 
 The parser is SQL run by DuckDB over a whole batch of staged lines at once, so
 the loader runs at the speed of DuckDB's JSON functions rather than Python's:
-fast_sql takes the compact lines the wrapper writes with two parses, slow_sql
+fast_sql takes the compact lines the wrapper writes in three parses, slow_sql
 names the problem of any other line. The field list below is the single
 description of the format: the SQL, the column list of `runs` and the docs all
 derive from it.
@@ -200,8 +200,8 @@ _FROM_JSON_TYPE = {"int": "UBIGINT", "bool": "BOOLEAN"}  # all other kinds: VARC
 def fast_sql(staged: str) -> str:
     """The fast path: a SELECT over `staged` joined to `staged_files` that accepts the lines
     the wrapper writes (compact, no escapes, known keys only) and marks every other line
-    `ok = false` for slow_sql to judge. Each line is parsed twice (typed values with
-    from_json, exact types with json_type) instead of five times.
+    `ok = false` for slow_sql to judge. Each line is parsed three times (json_valid, typed
+    values with from_json, exact types with json_type) instead of five.
 
     Why an accepted line is one slow_sql accepts with the same values: its types are
     json_type's and are checked by the same rules; a line without a backslash holds every
