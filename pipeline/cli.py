@@ -177,11 +177,10 @@ def status(
 
     Example: fleetstate status --filter 'applied=N|? pp_last>2h'
     """
-    from pipeline import filters, report, views
+    from pipeline import filters, monitor
 
     query = filters.parse(filter_)
-    frame = filters.apply(report.status(_open()), query)
-    views.emit_status(frame, fmt.value)
+    monitor.emit_status(monitor.status(_open(), query), fmt.value)
 
 
 class Part(StrEnum):
@@ -305,10 +304,11 @@ def drift(
     Example: fleetstate drift --since 14d --format csv
              fleetstate drift --part intervals --host t-linux64-ms-001.test.releng.mdc1.mozilla.com
     """
-    from pipeline import analytics, render, report, views
+    from pipeline import analytics, render, views
+    from pipeline.durations import parse_duration
 
     con = _open()
-    since_s = report.parse_duration(since)
+    since_s = parse_duration(since)
     if part is DriftPart.intervals:
         frame = analytics.intervals(con, since_s, host, role)
         render.emit(frame, fmt.value, title=f"commit intervals over the last {since}")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline import analytics, load, report, samplefleet, views, warehouse
+from pipeline import analytics, load, monitor, samplefleet, views, warehouse
 from pipeline.errors import FleetstateError
 
 
@@ -40,7 +40,7 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
         f"loaded {stats.runs_added:,} runs, {stats.observations_added:,} observations, "
         f"{stats.rejects_added} rejects (malformed lines kept in the rejects table) into {db}\n"
     )
-    views.emit_status(report.status(con), "table")
+    monitor.emit_status(monitor.status(con), "table")
     print()
     sha = summary.newest_sha
     views.emit_rollout_depth(analytics.rollout(con, sha), "table")

@@ -2,24 +2,24 @@
 
 Each space-separated term is `column OP value` (OP one of = != ~ > < >= <=) and all
 must hold; `a|b` means either; an empty value means missing; on age columns a value
-is a duration (`20h`, `2d`). Terms are evaluated on typed values, not on rendered text.
+is a duration (`20h`, `2d`). Terms compile to a SQL WHERE clause over host_state's
+typed columns: column names come from the fixed table below, values are always `?`
+parameters, never text pasted into SQL.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
-
+from pipeline.durations import parse_duration
 from pipeline.errors import FleetstateError
-from pipeline.report import parse_duration
 
 _TERM = re.compile(r"^([a-z_]+)(!=|>=|<=|=|~|>|<)(.*)$")
 _SORT = re.compile(r"^sort:([a-z_]+)(?::(asc|desc))?$")
 
-# filter name -> (frame column, kind); age columns hold seconds since the event
+# filter name -> (SQL expression over the status query, kind); ages are in seconds
 COLUMNS: dict[str, tuple[str, str]] = {
     "host": ("host", "str"),
     "role": ("role", "str"),
@@ -34,21 +34,28 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "exit_code": ("pp_exit_code", "int"),
     "branch": ("pp_branch", "str"),
 }
+_OPS = {"=": "=", "!=": "<>", ">": ">", "<": "<", ">=": ">=", "<=": "<="}
 
 
 @dataclass
 class Query:
-    predicate: pl.Expr | None
-    sort: list[tuple[str, bool]]  # (frame column, descending)
+    where: list[str] = field(default_factory=list)  # SQL, all must hold
+    params: list[Any] = field(default_factory=list)
+    order_by: list[str] = field(default_factory=list)
+
+    def sql(self, base: str, default_order: str) -> str:
+        where = " AND ".join(self.where) or "true"
+        order = ", ".join([*self.order_by, default_order])
+        return f"SELECT * FROM ({base}) WHERE {where} ORDER BY {order}"  # noqa: S608
 
 
 def parse(text: str) -> Query:
-    predicate: pl.Expr | None = None
-    sort: list[tuple[str, bool]] = []
+    query = Query()
     for term in text.split():
         m = _SORT.match(term)
         if m:
-            sort.append((_column(m.group(1))[0], m.group(2) == "desc"))
+            direction = "DESC" if m.group(2) == "desc" else "ASC"
+            query.order_by.append(f"{_column(m.group(1))[0]} {direction} NULLS LAST")
             continue
         m = _TERM.match(term)
         if not m:
@@ -56,19 +63,12 @@ def parse(text: str) -> Query:
                 f"cannot read filter term {term!r}: expected column OP value "
                 "(OP one of = != ~ > < >= <=) or sort:column[:asc|desc]"
             )
-        expr = _term(*m.groups())
-        predicate = expr if predicate is None else predicate & expr
-    return Query(predicate, sort)
-
-
-def apply(frame: pl.DataFrame, query: Query) -> pl.DataFrame:
-    if query.predicate is not None:
-        frame = frame.filter(query.predicate)
-    if query.sort:
-        frame = frame.sort(
-            [c for c, _ in query.sort], descending=[d for _, d in query.sort], nulls_last=True
-        )
-    return frame
+        name, op, raw = m.groups()
+        column, kind = _column(name)
+        parts = [_alternative(column, kind, op, v, query.params) for v in raw.split("|")]
+        joiner = " AND " if op == "!=" else " OR "
+        query.where.append("coalesce(" + joiner.join(parts) + ", false)")
+    return query
 
 
 def _column(name: str) -> tuple[str, str]:
@@ -77,37 +77,22 @@ def _column(name: str) -> tuple[str, str]:
     return COLUMNS[name]
 
 
-def _term(name: str, op: str, raw: str) -> pl.Expr:
-    column, kind = _column(name)
-    alternatives = [_alternative(column, kind, op, v) for v in raw.split("|")]
-    expr = alternatives[0]
-    for alt in alternatives[1:]:
-        expr = expr & alt if op == "!=" else expr | alt
-    return expr.fill_null(False)
-
-
-def _alternative(column: str, kind: str, op: str, raw: str) -> pl.Expr:
-    col = pl.col(column)
+def _alternative(column: str, kind: str, op: str, raw: str, params: list[Any]) -> str:
     if raw == "":
         if op not in ("=", "!="):
             raise FleetstateError(f"an empty value (missing) only goes with = or != ({column})")
-        return col.is_null() if op == "=" else col.is_not_null()
+        return f"({column} IS {'NOT ' if op == '!=' else ''}NULL)"
     if op == "~":
         try:
             re.compile(raw)
         except re.error as exc:
             raise FleetstateError(f"bad pattern {raw!r}: {exc}") from exc
-        return col.cast(pl.Utf8).str.contains(f"(?i){raw}")
-    value = _typed(kind, raw)
+        params.append(raw)
+        return f"regexp_matches(CAST({column} AS VARCHAR), ?, 'i')"
+    params.append(_typed(kind, raw))
     if kind == "sha" and op in ("=", "!="):
-        match = col.str.starts_with(str(value))
-        return match if op == "=" else ~match
-    ops = {
-        "=": col == value, "!=": col != value, ">": col > value,
-        "<": col < value, ">=": col >= value, "<=": col <= value,
-    }  # fmt: skip
-    result: pl.Expr = ops[op]
-    return result
+        return f"({'NOT ' if op == '!=' else ''}starts_with({column}, ?))"
+    return f"({column} {_OPS[op]} ?)"
 
 
 def _typed(kind: str, raw: str) -> Any:

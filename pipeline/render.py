@@ -1,16 +1,20 @@
-"""DataFrames -> what the user sees: a table on a terminal (colour only there), json or csv.
+"""Rows -> what the user sees: a table on a terminal (colour only there), json or csv.
 
-stdout carries only data; anything else goes to stderr.
+stdout carries only data; anything else goes to stderr. Anything with `columns` and
+`iter_rows(named=True)` renders: a polars DataFrame, or the plain `Rows` that `status`
+uses so that it starts without importing polars.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 FORMATS = ("table", "json", "csv")
 
@@ -41,24 +45,54 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def to_json(frame: pl.DataFrame) -> str:
+@dataclass
+class Rows:
+    """A query's answer as plain Python: column names and tuples."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+    def iter_rows(self, *, named: bool = False) -> Iterator[Any]:
+        for row in self.rows:
+            yield dict(zip(self.columns, row, strict=True)) if named else row
+
+    @property
+    def height(self) -> int:
+        return len(self.rows)
+
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    Frame: TypeAlias = Rows | pl.DataFrame
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return " ".join(str(_csv_value(v)) for v in value)
+    return _jsonable(value)
+
+
+def to_json(frame: Frame) -> str:
     rows = [{k: _jsonable(v) for k, v in row.items()} for row in frame.iter_rows(named=True)]
     return json.dumps(rows, indent=2, default=str)
 
 
-def to_csv(frame: pl.DataFrame) -> str:
-    plain = frame.with_columns(
-        [
-            pl.col(c).cast(pl.Utf8)
-            for c, t in frame.schema.items()
-            if t.is_nested() or t == pl.Binary
-        ]
-    )
-    return plain.write_csv(datetime_format="%Y-%m-%dT%H:%M:%S%.fZ")
+def to_csv(frame: Frame) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(frame.columns)
+    for row in frame.iter_rows(named=False):
+        writer.writerow([_csv_value(v) for v in row])
+    return out.getvalue()
 
 
 def emit(
-    frame: pl.DataFrame, fmt: str, title: str | None = None, styles: dict[str, Any] | None = None
+    frame: Frame, fmt: str, title: str | None = None, styles: dict[str, Any] | None = None
 ) -> None:
     """Write `frame` to stdout in `fmt`; `styles` maps column -> function(value) -> rich style."""
     if fmt == "json":
@@ -69,7 +103,7 @@ def emit(
         print_table(frame, title, styles or {})
 
 
-def print_table(frame: pl.DataFrame, title: str | None, styles: dict[str, Any]) -> None:
+def print_table(frame: Frame, title: str | None, styles: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -86,5 +120,5 @@ def print_table(frame: pl.DataFrame, title: str | None, styles: dict[str, Any]) 
             cells.append(Text(text, style=style or ""))
         table.add_row(*cells)
     console.print(table, soft_wrap=True)
-    if frame.is_empty():
+    if table.row_count == 0:
         Console(stderr=True).print("(no rows)")

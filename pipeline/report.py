@@ -13,27 +13,6 @@ import polars as pl
 from pipeline.errors import FleetstateError
 
 _HEX = re.compile(r"[0-9a-fA-F]{7,40}")
-_SINCE = re.compile(r"(\d+)\s*([smhdw])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> int:
-    """'30d', '12h', '1w', '2d12h' -> seconds."""
-    parts = _SINCE.findall(text.strip().lower())
-    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text.lower()):
-        raise FleetstateError(f"not a duration: {text!r} (examples: 45s, 20m, 12h, 30d, 2w)")
-    return sum(int(n) * _UNIT_S[u] for n, u in parts)
-
-
-def status(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """host_state, one row per host, with ages in seconds for filtering and display."""
-    return _frame(
-        con,
-        """
-        SELECT *, CAST(epoch(now()) - epoch(last_seen) AS BIGINT) AS last_seen_age_s
-        FROM host_state ORDER BY role NULLS LAST, host
-        """,
-    )
 
 
 def resolve_sha(con: duckdb.DuckDBPyConnection, prefix: str) -> str:

@@ -17,46 +17,6 @@ from pipeline import charts, render
 if TYPE_CHECKING:
     from pipeline import analytics
 
-STATUS_COLUMNS = ("host", "role", "os", "pp_sha", "pp_last", "applied", "healthy", "last_seen")
-_FLAG_STYLE = {"Y": "green", "N": "bold red", "?": "yellow", "-": "dim"}
-
-
-def _flag_style(value: Any) -> str | None:
-    return _FLAG_STYLE.get(value) if isinstance(value, str) else None
-
-
-def status_table(frame: pl.DataFrame) -> pl.DataFrame:
-    """The monitor's columns: 7-char sha, age of the last run (FAIL when it failed)."""
-    pp_last = [
-        ("" if a is None else render.age(a) + ("" if ok else " FAIL"))
-        for a, ok in zip(frame["pp_age_s"], frame["pp_success"], strict=True)
-    ]
-    seen = [render.age(a) if a is not None else "never" for a in frame["last_seen_age_s"]]
-    return frame.select(
-        "host", "role", "os",
-        pl.col("pp_sha").str.slice(0, 7).alias("pp_sha"),
-        pl.Series("pp_last", pp_last, dtype=pl.Utf8),
-        "applied", "healthy",
-        pl.Series("last_seen", seen, dtype=pl.Utf8),
-    )  # fmt: skip
-
-
-def emit_status(frame: pl.DataFrame, fmt: str) -> None:
-    if fmt != "table":
-        render.emit(frame.drop("last_seen_age_s"), fmt)
-        return
-    table = status_table(frame)
-    render.emit(
-        table, fmt,
-        styles={
-            "applied": _flag_style, "healthy": _flag_style,
-            "pp_last": lambda v: "bold red" if v and v.endswith("FAIL") else None,
-        },
-    )  # fmt: skip
-    counts = frame.group_by("applied").len().sort("applied")
-    summary = ", ".join(f"{n} {a}" for a, n in counts.iter_rows())
-    print(f"{frame.height} hosts; applied: {summary}", file=sys.stderr)
-
 
 _STATUS_STYLE = {
     "converged": "green", "failed": "bold red", "regressed": "magenta",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipeline import analytics, report, warehouse
+from pipeline import analytics, monitor, warehouse
 
 GENERATE = """
 INSERT INTO git_commits (sha, parents, author_time, commit_time, subject, author, loaded_at)
@@ -128,7 +128,7 @@ def main() -> None:
     baseline = best(lambda: con.execute(BASELINE).fetchall(), args.repeat)
     figures: dict[str, Callable[[], object]] = {
         "baseline_scan": lambda: con.execute(BASELINE).fetchall(),
-        "status": lambda: report.status(con),
+        "status": lambda: monitor.status(con),
         "rollout_summary": lambda: con.execute(
             "SELECT * FROM rollout_summary(?)", [sha]
         ).fetchall(),  # fmt: skip
