@@ -240,6 +240,7 @@ def test_wrapper_without_the_library_still_runs_puppet(host: Host) -> None:
     lone = host.root / "lone" / "run-puppet-linux.sh"
     lone.parent.mkdir()
     shutil.copy(LINUX_SCRIPT, lone)
+    shutil.copy(LINUX_SCRIPT.parent / "run-puppet.sh", lone.parent)  # the driver, not the library
     proc = host.run(lone, FAKE_PUPPET_RC="2")
     assert proc.returncode == 2
     assert "runs will not be recorded" in proc.stderr
