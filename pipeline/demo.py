@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline import analytics, load, monitor, samplefleet, views, warehouse
+from pipeline import activity, analytics, load, monitor, samplefleet, views, warehouse
 from pipeline.errors import FleetstateError
 
 
@@ -36,6 +36,8 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
             for c in summary.commits
         ],
     )
+    for pool, workers in _sample_workers(summary, end).items():
+        activity.save_activity(con, SAMPLE_QUEUE, pool, workers, observed_at=end)
     say(
         f"loaded {stats.runs_added:,} runs, {stats.observations_added:,} observations, "
         f"{stats.rejects_added} rejects (malformed lines kept in the rejects table) into {db}\n"
@@ -48,6 +50,31 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
         "\nnext: fleetstate status --filter 'applied=N|?'   fleetstate rollout "  # noqa: S608
         f"{sha[:7]}   fleetstate drift   fleetstate sql 'SELECT * FROM rejects'"
     )
+
+
+SAMPLE_QUEUE = "https://queue.sample-fleet.invalid"
+
+
+def _sample_workers(
+    summary: samplefleet.SampleSummary, end: datetime
+) -> dict[str, list[activity.Worker]]:
+    """Worker activity for the sample, as `ingest-workers` would fetch it from Taskcluster:
+    busy workers active minutes ago, silent hosts idle since they went silent, and one
+    failing worker quarantined, so HEALTHY shows each of its values."""
+    pools: dict[str, list[activity.Worker]] = {}
+    failing = sorted(h for h, s in summary.expected_status.items() if s == "failed")
+    for i, host in enumerate(summary.hosts):
+        status = summary.expected_status[host]
+        idle = (
+            timedelta(days=2 + i % 3) if status == "unreported" else timedelta(minutes=3 + i % 40)
+        )
+        quarantine = end + timedelta(days=1) if failing and host == failing[0] else None
+        pool = "releng-hardware/" + summary.roles[host].replace("_", "-")
+        worker = activity.Worker(
+            pool, "mdc1", activity.short_name(host), end - idle, quarantine, {}
+        )
+        pools.setdefault(pool, []).append(worker)
+    return pools
 
 
 def _refuse_real_warehouse(db: Path) -> None:

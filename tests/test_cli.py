@@ -215,6 +215,11 @@ def test_demo_runs_and_refuses_to_overwrite_real_data(tmp_path: Path) -> None:
     done = fs(db, "demo", "--mirror", str(tmp_path / "demo-mirror"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "converged" in done.stdout and "HOST" in done.stdout
+    flags = json.loads(
+        fs(db, "sql", "SELECT DISTINCT applied, healthy FROM host_state", "-f", "json").stdout
+    )
+    assert {f["healthy"] for f in flags} == {"Y", "N"}  # the sample's worker activity
+    assert {f["applied"] for f in flags} >= {"Y", "N", "-"}
     again = fs(db, "demo", "--mirror", str(tmp_path / "demo-mirror"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     real = tmp_path / "real.duckdb"
