@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from test_analytics_support import add_run, open_db
+from analytics_support import add_run, open_db
 from typer.testing import CliRunner
 
 from pipeline import activity

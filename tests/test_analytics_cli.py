@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_analytics_support import build_repo, hour_base, open_db, write_fleet
+from analytics_support import build_repo, hour_base, open_db, write_fleet
 from typer.testing import CliRunner
 
 from pipeline import gitgraph

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from test_analytics_support import add_run, open_db
+from analytics_support import add_run, open_db
 from typer.testing import CliRunner
 
 from pipeline.cli import app

@@ -1,7 +1,7 @@
 """Rollout in depth on a hand-built history over a real git graph (merge, revert, override branch).
 
 Every expected value below was worked out by hand from the picture in
-test_analytics_support.build_repo and the runs written in `fleet`.
+analytics_support.build_repo and the runs written in `fleet`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from test_analytics_support import at, build_repo, hour_base, open_db, write_fleet
+from analytics_support import at, build_repo, hour_base, open_db, write_fleet
 
 from pipeline import analytics, gitgraph
 

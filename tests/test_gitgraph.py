@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_analytics_support import build_repo, commit, git, open_db
+from analytics_support import build_repo, commit, git, open_db
 from typer.testing import CliRunner
 
 from pipeline import gitgraph

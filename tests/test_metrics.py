@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-from test_analytics_support import add_run, at, build_repo, hour_base, open_db, write_fleet
+from analytics_support import add_run, at, build_repo, hour_base, open_db, write_fleet
 from typer.testing import CliRunner
 
 from pipeline import gitgraph, metrics
