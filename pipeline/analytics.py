@@ -46,14 +46,7 @@ _HOSTS = """
 _SUMMARY = """
     SELECT
         ? AS sha,
-        count(*) AS hosts,
-        count(*) FILTER (WHERE status = 'converged') AS converged,
-        count(*) FILTER (WHERE status = 'failed') AS failed,
-        count(*) FILTER (WHERE status = 'pending') AS pending,
-        count(*) FILTER (WHERE status = 'regressed') AS regressed,
-        count(*) FILTER (WHERE status = 'unreported') AS unreported,
-        round(100.0 * count(*) FILTER (WHERE status = 'converged') / nullif(count(*), 0), 1)
-            AS pct_converged,
+        unnest(status_counts(status)),
         rollout_first_seen(?) AS first_seen,
         (SELECT subject FROM git_commits WHERE sha = ?) AS subject,
         (SELECT author_time FROM git_commits WHERE sha = ?) AS author_time,
@@ -78,13 +71,7 @@ _STRAGGLERS = """
 
 # rollout_by_role(), from the per-host rows already computed
 _ROLES = """
-    SELECT role, count(*) AS hosts,
-        count(*) FILTER (WHERE status = 'converged') AS converged,
-        count(*) FILTER (WHERE status = 'failed') AS failed,
-        count(*) FILTER (WHERE status = 'pending') AS pending,
-        count(*) FILTER (WHERE status = 'regressed') AS regressed,
-        count(*) FILTER (WHERE status = 'unreported') AS unreported,
-        round(100.0 * count(*) FILTER (WHERE status = 'converged') / count(*), 1) AS pct_converged
+    SELECT role, unnest(status_counts(status))
     FROM rollout_hosts_frame GROUP BY role ORDER BY role NULLS LAST
 """
 
