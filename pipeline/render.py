@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-FORMATS = ("table", "json", "csv")
-
 
 def age(seconds: int | float | None) -> str:
     """45s, 12m 05s, 3h 05m, 2d 04h."""

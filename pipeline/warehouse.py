@@ -23,11 +23,6 @@ class WarehouseError(FleetstateError):
     """A warehouse problem the user can act on (locked, missing, corrupt)."""
 
 
-def default_db_path() -> Path:
-    env = os.environ.get("FLEETSTATE_DB")
-    return Path(env) if env else DEFAULT_DB
-
-
 def _sql_dir(name: str) -> Path:
     """queries/ and migrations/ live beside the package in a checkout, inside it in a wheel."""
     packaged = Path(str(resources.files("pipeline"))) / name
