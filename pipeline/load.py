@@ -143,10 +143,12 @@ def _head_sha(path: Path, upto: int) -> str:
 
 def _new_chunks(
     path: Path, cursor: tuple[int, str | None] | None, stats: LoadStats
-) -> Iterator[tuple[int, bytes]]:
+) -> Iterator[tuple[int, memoryview]]:
     """(offset, bytes) pieces after the cursor, each ending at a newline.
 
-    The state file is a whole document (often pretty-printed): it is read whole
+    Each byte is read once into the piece that holds it, and the piece is handed out as
+    a view (no copy); the unterminated tail of a piece is read again as the start of the
+    next. The state file is a whole document (often pretty-printed): it is read whole
     whenever it changed, and its cursor is its size.
     """
     size = path.stat().st_size
@@ -157,41 +159,43 @@ def _new_chunks(
         if offset != size or cursor is None:
             data = path.read_bytes()
             stats.bytes_read += len(data)
-            yield 0, data
+            yield 0, memoryview(data)
         return
     piece_bytes = max(1, BATCH_BYTES // 4)  # a batch overshoots by a piece at most
     with path.open("rb") as fh:
         fh.seek(offset)
-        carry = b""
         while True:
-            piece = fh.read(piece_bytes)
-            if not piece:
-                break
-            data = carry + piece
+            data = fh.read(piece_bytes)
             cut = data.rfind(b"\n") + 1
+            while cut == 0 and len(data) >= piece_bytes:  # a line longer than a piece
+                more = fh.read(piece_bytes)
+                if not more:
+                    break
+                data += more
+                cut = data.rfind(b"\n") + 1
             if cut == 0:
-                carry = data
-                continue
+                stats.pending_bytes += len(data)
+                return
             stats.bytes_read += cut
-            yield offset, data[:cut]
+            yield offset, memoryview(data)[:cut]
             offset += cut
-            carry = data[cut:]
-        stats.pending_bytes += len(carry)
+            if cut < len(data):
+                fh.seek(offset)
 
 
-def _stage(batch: Batch, host: str, name: str, key: str, start: int, data: bytes) -> None:
+def _stage(batch: Batch, host: str, name: str, key: str, start: int, data: memoryview) -> None:
     batch.nbytes += len(data)
     if name == HISTORY:
         idx = batch.add_file(host, "history", key)
         batch.chunks.append(_lines_table(batch, idx, start, data))
     elif name == STATE_FILE:
         idx = batch.add_file(host, "state_file", key)
-        batch.chunks.append(_text_table(batch, idx, [(start, data)]))
+        batch.chunks.append(_text_table(batch, idx, [(start, bytes(data))]))
     else:
-        _stage_observations(batch, host, key, start, data)
+        _stage_observations(batch, host, key, start, bytes(data))
 
 
-def _lines_table(batch: Batch, idx: int, start: int, data: bytes) -> pa.Table:
+def _lines_table(batch: Batch, idx: int, start: int, data: memoryview) -> pa.Table:
     """Arrow table of the newline-terminated lines in `data`, without copying them."""
     import numpy as np
     import pyarrow as pa
@@ -202,7 +206,8 @@ def _lines_table(batch: Batch, idx: int, start: int, data: bytes) -> pa.Table:
     offsets = np.empty(n + 1, dtype=np.int64)
     offsets[0] = 0
     offsets[1:] = ends
-    if data.isascii() or _is_utf8(data):
+    whole = data.obj  # the piece read; `data` is its newline-terminated start
+    if (isinstance(whole, bytes) and whole.isascii()) or _is_utf8(data):
         lines = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
         return pa.table(
             {
@@ -212,14 +217,16 @@ def _lines_table(batch: Batch, idx: int, start: int, data: bytes) -> pa.Table:
                 "pre_reason": pa.nulls(n, pa.string()),
             }
         )
-    pieces = [(start + int(a), data[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    pieces = [
+        (start + int(a), bytes(data[a:b])) for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+    ]
     batch.stats.lines -= n  # counted again by _text_table
     return _text_table(batch, idx, pieces)
 
 
-def _is_utf8(data: bytes) -> bool:
+def _is_utf8(data: memoryview) -> bool:
     try:
-        data.decode("utf-8")
+        str(data, "utf-8")
     except UnicodeDecodeError:
         return False
     return True

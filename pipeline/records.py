@@ -194,66 +194,91 @@ def _run_id_sql() -> str:
     return f"coalesce(run_id, 'derived-' || left(sha256({canonical}), 32))"
 
 
-_FROM_JSON_TYPE = {"int": "UBIGINT", "bool": "BOOLEAN"}  # all other kinds: VARCHAR
+_FROM_JSON_TYPE = {"int": "BIGINT", "bool": "BOOLEAN"}  # all other kinds: VARCHAR
+# the JSON type of a member the canonical serialisation writes (json_type's name for it)
+_CANONICAL_TYPE = {"int": "BIGINT", "bool": "BOOLEAN"}  # all other kinds: VARCHAR
+
+
+def _serialised(f: Field) -> str:
+    """SQL pieces (for concat) writing typed member `r.<name>` back as the wrapper does."""
+    x = f"r.{f.name}"
+    if f.kind == "int":
+        return f"coalesce(CAST({x} AS VARCHAR), 'null')"
+    if f.kind == "bool":
+        return f"CASE WHEN {x} THEN 'true' WHEN NOT {x} THEN 'false' ELSE 'null' END"
+    # NULL pieces are skipped by concat: a string is "value", a null is null
+    return (
+        f"CASE WHEN {x} IS NULL THEN 'null' ELSE '\"' END, {x}, "
+        f"CASE WHEN {x} IS NOT NULL THEN '\"' END"
+    )
+
+
+def _members(fields: tuple[Field, ...]) -> str:
+    return ", ',', ".join(
+        f"{_lit(chr(34) + f.name + chr(34) + ':')}, {_serialised(f)}" for f in fields
+    )
+
+
+def _fast_valid_sql(f: Field) -> str:
+    """The slow path's rules for typed member `r.<name>` of a canonical line.
+
+    In a line equal to its canonical serialisation, a non-null member's JSON type is the
+    one its kind serialises to and its text is the typed value, so _valid_sql with that
+    type as a constant is the slow path's verdict (DuckDB folds the constant checks)."""
+    x = f"r.{f.name}"
+    when_null = "false" if f.required else "true"  # `"name":null`
+    rules = _valid_sql(f, _lit(_CANONICAL_TYPE.get(f.kind, "VARCHAR")), x)
+    return f"(CASE WHEN {x} IS NULL THEN {when_null} ELSE {rules} END)"
+
+
+def _fast_value_sql(f: Field) -> str:
+    x = f"r.{f.name}"
+    if f.kind == "bool":
+        return x
+    if f.kind == "int":
+        return f"TRY_CAST({x} AS INTEGER)"
+    return _value_sql(f, x)
 
 
 def fast_sql(staged: str) -> str:
     """The fast path: a SELECT over `staged` joined to `staged_files` that accepts the lines
-    the wrapper writes (compact, no escapes, known keys only) and marks every other line
-    `ok = false` for slow_sql to judge. Each line is parsed three times (json_valid, typed
-    values with from_json, exact types with json_type) instead of five.
+    the wrapper writes and marks every other line `ok = false` for slow_sql to judge.
 
-    Why an accepted line is one slow_sql accepts with the same values: its types are
-    json_type's and are checked by the same rules; a line without a backslash holds every
-    string as its bytes between quotes and every unsigned integer as its digits, so the
-    member of each known key has a length known from its type and value. The line's length
-    equals braces + those members + commas only when nothing else is there: no unknown or
-    repeated key, no whitespace. tests/test_load_perf_invariants.py checks the two paths
-    agree on generated lines.
+    Each line is parsed once, by from_json into typed members, and written back the way
+    the wrapper writes a record (contract key order, no whitespace, strings in quotes,
+    `null` for nulls; the 12-field form of older wrappers too). A line is taken only when
+    it equals that serialisation byte for byte and has no backslash, NUL or escape, so
+    the line *is* the canonical text of the typed values: every member has the JSON type
+    its kind serialises to (a string in quotes, an integer as its digits, a boolean as
+    true or false), there is no unknown, repeated or reordered key and no whitespace,
+    and slow_sql reads exactly these values from it. The field rules are then slow_sql's
+    own (_fast_valid_sql). tests/test_load_perf_invariants.py checks the two paths agree
+    on generated lines.
     """
     struct = (
         "{"
         + ", ".join(f'"{f.name}": "{_FROM_JSON_TYPE.get(f.kind, "VARCHAR")}"' for f in FIELDS)
         + "}"
     )
-    paths = "[" + ", ".join(_lit("$." + n) for n in KNOWN) + "]"
-    cols, checks, members = [], [], []
-    for i, f in enumerate(FIELDS):
-        t, v = f"t_{f.name}", f"v_{f.name}"
-        value = f"r.{f.name}" if f.kind not in _FROM_JSON_TYPE else f"CAST(r.{f.name} AS VARCHAR)"
-        cols += [f"types[{i + 1}] AS {t}", f"{value} AS {v}"]
-        checks.append(_valid_sql(f, t, v))
-        n = len(f.name)
-        # only the types the rules accept matter: with any other, `ok` is false anyway
-        quotes = 0 if f.kind in _FROM_JSON_TYPE else 2
-        members.append(
-            f"CASE WHEN {t} IS NULL THEN 0 WHEN {t} = 'NULL' THEN {n + 8} "
-            f"ELSE {n + 4 + quotes} + strlen({v}) END"
-        )
-    values = ",\n        ".join(f"{_value_sql(f, 'v_' + f.name)} AS {_out_name(f)}" for f in FIELDS)
+    seed, later = FIELDS[: len(SEED_FIELDS)], FIELDS[len(SEED_FIELDS) :]
+    checks = " AND ".join(_fast_valid_sql(f) for f in FIELDS)
+    values = ",\n        ".join(f"{_fast_value_sql(f)} AS {_out_name(f)}" for f in FIELDS)
     return f"""
-WITH screened AS (
+WITH parsed AS (
     SELECT s.file_idx, s.byte_offset, s.line, s.pre_reason,
-        s.pre_reason IS NULL AND starts_with(s.line, '{{')
-            AND (suffix(s.line, '}}') OR suffix(s.line, '}}' || chr(10)))
-            AND strlen(s.line) <= {MAX_LINE_BYTES}
+        CASE WHEN s.pre_reason IS NULL AND starts_with(s.line, '{{')
+            AND suffix(s.line, '}}' || chr(10)) AND strlen(s.line) <= {MAX_LINE_BYTES}
             AND NOT contains(s.line, '\\') AND NOT contains(s.line, chr(0))
-            AND json_valid(s.line) AS may
+            THEN TRY(from_json(s.line, {_lit(struct)})) END AS r
     FROM {staged} s
-), parsed AS (
-    SELECT file_idx, byte_offset, line, pre_reason, may,
-        CASE WHEN may THEN from_json(line, {_lit(struct)}) END AS r,
-        CASE WHEN may THEN json_type(line, {paths}) END AS types
-    FROM screened
-), fielded AS (
-    SELECT file_idx, byte_offset, line, pre_reason, may,
-        strlen(line) - CASE WHEN suffix(line, chr(10)) THEN 1 ELSE 0 END AS text_len,
-        {", ".join(cols)}
-    FROM parsed
+), seeded AS (
+    SELECT *, concat('{{', {_members(seed)}) AS head FROM parsed
 ), judged AS (
-    SELECT *, coalesce(may AND text_len = 1 + {" + ".join(members)}
-        AND {" AND ".join(checks)}, false) AS ok
-    FROM fielded
+    SELECT file_idx, byte_offset, line, pre_reason, r,
+        coalesce(line = concat(head, CASE WHEN strlen(line) = strlen(head) + 2
+                THEN '}}' || chr(10) ELSE concat(',', {_members(later)}, '}}', chr(10)) END)
+            AND {checks}, false) AS ok
+    FROM seeded
 ), valued AS (
     SELECT j.file_idx, sf.host, sf.source, sf.source_path, j.byte_offset, j.ok,
         CASE WHEN NOT j.ok THEN j.line END AS line,

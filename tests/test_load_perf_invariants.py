@@ -230,3 +230,29 @@ def test_bytes_read_counts_a_file_that_spans_batches(
     con = warehouse.connect(tmp_path / "w.duckdb")
     stats = load.load_mirror(con, tmp_path / "mirror")
     assert (stats.bytes_read, stats.pending_bytes, stats.runs_added) == (len(body), 12, 60)
+
+
+def test_pieces_cut_at_newlines_keep_every_line_and_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines longer than a read piece and an unterminated tail: each complete line loads
+    once, at its own byte offset."""
+    monkeypatch.setattr(load, "BATCH_BYTES", 4096)  # pieces of 1,024 bytes
+    lines = []
+    for i, role in enumerate(["r" * 3000, "a", "b" * 1024, "c" * 200, "d" * 5000]):
+        rec = GOOD | {"role": role, "run_id": f"id-{i}"}
+        lines.append(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+    host = tmp_path / "mirror" / "h1"
+    host.mkdir(parents=True)
+    (host / "history.jsonl").write_bytes(b"".join(lines) + b'{"unfinished')
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    stats = load.load_mirror(con, tmp_path / "mirror")
+    got = con.execute("SELECT run_id, byte_offset, strlen(role) FROM runs ORDER BY 2").fetchall()
+    offsets = [sum(len(x) for x in lines[:i]) for i in range(len(lines))]
+    assert got == [(f"id-{i}", offsets[i], len(json.loads(lines[i])["role"])) for i in range(5)]
+    assert (stats.bytes_read, stats.pending_bytes) == (sum(map(len, lines)), 12)
+    # the tail completes later: only the new line is read and loaded
+    with (host / "history.jsonl").open("ab") as fh:
+        fh.write(b"\n")
+    stats = load.load_mirror(con, tmp_path / "mirror")
+    assert (stats.bytes_read, stats.rejects_added, stats.runs_added) == (13, 1, 0)
