@@ -30,7 +30,7 @@ HISTORY = "history.jsonl"
 OBSERVATIONS = "observations.jsonl"
 STATE_FILE = "last_run_metadata.json"
 # bytes of input per transaction; tests lower it to make many small transactions
-BATCH_BYTES = int(os.environ.get("FLEETSTATE_BATCH_BYTES", 64 << 20))
+BATCH_BYTES = int(os.environ.get("FLEETSTATE_BATCH_BYTES", 128 << 20))
 HEAD_BYTES = 4096  # fingerprint of a file's start, to notice a replaced file
 SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
 
@@ -161,7 +161,8 @@ def _new_chunks(
             stats.bytes_read += len(data)
             yield 0, memoryview(data)
         return
-    piece_bytes = max(1, BATCH_BYTES // 4)  # a batch overshoots by a piece at most
+    # a batch overshoots by a piece at most; read() allocates what it is asked for
+    piece_bytes = max(1, min(BATCH_BYTES // 4, size - offset))
     with path.open("rb") as fh:
         fh.seek(offset)
         while True:
@@ -339,15 +340,22 @@ def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) ->
     con.register("staged", staged)
     con.register("staged_files", files)
     con.execute("CREATE OR REPLACE TEMP TABLE fast AS " + records.fast_sql("staged"))
+    # `fast` keeps the lines it did not take: the input can go before the insert needs memory
+    con.unregister("staged")
+    del staged
+    batch.chunks.clear()
     left = con.execute("SELECT count(*) FROM fast WHERE NOT ok").fetchone()
     if left and left[0]:
         lines = (
-            "(SELECT file_idx, host, source, source_path, byte_offset, line, pre_reason "
-            "FROM fast WHERE NOT ok)"
+            "(SELECT f.file_idx, f.host, sf.source, sf.source_path, f.byte_offset, f.line, "
+            "f.pre_reason FROM fast f JOIN staged_files sf USING (file_idx) WHERE NOT f.ok)"
         )
         con.execute("CREATE OR REPLACE TEMP TABLE slow AS " + records.slow_sql(lines))
     else:  # planning the slow query costs ~25 ms; an empty table with its columns does not
-        con.execute("CREATE OR REPLACE TEMP TABLE slow AS SELECT * FROM fast WHERE false")
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE slow AS SELECT f.*, sf.source, sf.source_path "
+            "FROM fast f JOIN staged_files sf USING (file_idx) WHERE false"
+        )
     hosts = [f[1] for f in batch.files]
     batch.stats.runs_added += _insert_new_runs(con, now, min(hosts), max(hosts))
     _reject_slow_lines(con, batch, now)
@@ -366,9 +374,12 @@ def _insert_new_runs(
     so DuckDB skips row groups of other hosts). Only rows with such a hash are compared
     exactly; when there are none the batch is inserted without any join."""
     cols = ", ".join(records.RUN_COLUMNS)
+    from_file = ("source", "source_path")
+    fast_cols = ", ".join(("sf." if c in from_file else "f.") + c for c in records.RUN_COLUMNS)
     # column names come from records.RUN_COLUMNS, not input
     valid = (
-        f"SELECT {cols}, h FROM fast WHERE ok UNION ALL "  # noqa: S608
+        f"SELECT {fast_cols}, f.h FROM fast f JOIN staged_files sf USING (file_idx) "  # noqa: S608
+        f"WHERE f.ok UNION ALL "
         f"SELECT {cols}, hash(host, run_id) AS h FROM slow WHERE reason IS NULL"
     )
     con.execute(

@@ -119,14 +119,16 @@ def _compare(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
         "s.pre_reason FROM staged s JOIN staged_files sf USING (file_idx))"
     )
     con.execute("CREATE OR REPLACE TEMP TABLE s AS " + records.slow_sql(everything))
-    fcols = ", ".join("f." + c for c in records.RUN_COLUMNS)
+    fcols = ", ".join(
+        ("sf." if c in ("source", "source_path") else "f.") + c for c in records.RUN_COLUMNS
+    )
     scols = ", ".join("s." + c for c in records.RUN_COLUMNS)
     row = con.execute(
         f"""
         SELECT count(*) FILTER (WHERE f.ok),
                count(*) FILTER (WHERE f.ok AND (s.reason IS NOT NULL
                    OR row({fcols}) IS DISTINCT FROM row({scols})))
-        FROM f JOIN s USING (byte_offset)
+        FROM f JOIN staged_files sf USING (file_idx) JOIN s USING (byte_offset)
         """  # noqa: S608 -- fixed column names
     ).fetchone()
     assert row is not None
@@ -256,3 +258,17 @@ def test_pieces_cut_at_newlines_keep_every_line_and_offset(
         fh.write(b"\n")
     stats = load.load_mirror(con, tmp_path / "mirror")
     assert (stats.bytes_read, stats.rejects_added, stats.runs_added) == (13, 1, 0)
+
+
+def test_unhex_takes_exactly_the_hex_digits() -> None:
+    """The fast path checks shas with unhex instead of the slow path's regular expression:
+    both must take the same characters."""
+    con = duckdb.connect()
+    chars = [chr(c) for c in [*range(1, 0x3000), 0xFEFF, 0xFF10, 0xFF21, 0x1D7CE, 0x10FFFF]]
+    row = con.execute(
+        "SELECT list_filter(?, lambda c: (TRY(unhex(c || c)) IS NOT NULL) "
+        "<> regexp_full_match(c, '[0-9a-fA-F]'))",
+        [chars],
+    ).fetchone()
+    assert row is not None and row[0] == []
+    assert con.execute("SELECT TRY(unhex('0A') ) IS NOT NULL").fetchone() == (True,)
