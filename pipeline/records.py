@@ -2,7 +2,7 @@
 
 The parser is SQL run by DuckDB over a whole batch of staged lines at once, so
 the loader runs at the speed of DuckDB's JSON functions rather than Python's:
-fast_sql takes the compact lines the wrapper writes in three parses, slow_sql
+fast_sql takes the compact lines the wrapper writes in one parse, slow_sql
 names the problem of any other line. The field list below is the single
 description of the format: the SQL, the column list of `runs` and the docs all
 derive from it.
