@@ -5,13 +5,15 @@ newline are split into lines with numpy, handed to DuckDB as Arrow (no Python
 object per line) and parsed there: records.fast_sql takes the lines the wrapper
 writes, records.slow_sql judges the rest. The rows of a batch and the advance of
 its cursors commit in one transaction, so a crash leaves the warehouse as it was
-before or after a batch, never between. docs/performance.md has the numbers.
+before or after a batch, never between. Groups of hosts load side by side, each on
+its own connection (load_mirror). docs/performance.md has the numbers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,12 +33,18 @@ OBSERVATIONS = "observations.jsonl"
 STATE_FILE = "last_run_metadata.json"
 # bytes of input per transaction; tests lower it to make many small transactions
 BATCH_BYTES = int(os.environ.get("FLEETSTATE_BATCH_BYTES", 128 << 20))
+# groups of hosts loaded at once, each holding one batch in memory (see load_mirror)
+WORKERS = max(1, int(os.environ.get("FLEETSTATE_LOAD_WORKERS", min(2, os.cpu_count() or 1))))
 HEAD_BYTES = 4096  # fingerprint of a file's start, to notice a replaced file
 SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
 
 
 class LoadError(FleetstateError):
     """The mirror cannot be read (missing directory, unreadable file)."""
+
+
+class _Stopped(Exception):
+    """A group of hosts stopped early because another group failed."""
 
 
 @dataclass
@@ -94,13 +102,97 @@ def load_mirror(
     hosts: list[str] | None = None,
     progress: ProgressFn | None = None,
 ) -> LoadStats:
-    """Load every new byte of the mirror at `mirror_dir` into the warehouse behind `con`."""
+    """Load every new byte of the mirror at `mirror_dir` into the warehouse behind `con`.
+
+    Hosts are split into WORKERS contiguous groups of about equal size, each loaded in
+    its own thread on its own connection (`con.cursor()`), so one group's INSERT (which
+    DuckDB runs on one thread at this batch size) overlaps another's parse. A host's
+    files stay in one group, so repeats never cross groups, and every transaction still
+    commits its rows with their cursors."""
+    found = discover(mirror_dir, hosts)
+    cursors = _read_cursors(con)
+    groups = _split(found, WORKERS)
+    if len(groups) <= 1:
+        return _load_hosts(con, found, cursors, progress, threading.Event())
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    lock = threading.Lock()
+    latest = [LoadStats() for _ in groups]
+    stop = threading.Event()  # set when one group fails: the others stop after a batch
+
+    def report(i: int) -> ProgressFn:
+        def shown(stats: LoadStats) -> None:
+            with lock:
+                latest[i] = stats
+                if progress:
+                    progress(_sum(latest))
+
+        return shown
+
+    def run(i: int, group: list[tuple[str, Path]]) -> LoadStats:
+        worker = con.cursor()
+        try:
+            return _load_hosts(worker, group, cursors, report(i), stop)
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            worker.close()
+
+    with ThreadPoolExecutor(len(groups), thread_name_prefix="load") as pool:
+        futures = [pool.submit(run, i, g) for i, g in enumerate(groups)]
+        try:
+            wait(futures)
+        except BaseException:  # interrupted: the groups stop after their current batch
+            stop.set()
+            raise
+    errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None and not isinstance(error, _Stopped):
+            raise error  # the failure itself, not the groups it stopped
+    return _sum([f.result() for f in futures])
+
+
+def _split(found: list[tuple[str, Path]], n: int) -> list[list[tuple[str, Path]]]:
+    """At most n contiguous groups of hosts with about equal history bytes each."""
+    if n <= 1 or len(found) <= 1:
+        return [found]
+    sizes = []
+    for _, hdir in found:
+        try:
+            sizes.append((hdir / HISTORY).stat().st_size)
+        except OSError:
+            sizes.append(0)
+    share = sum(sizes) / n
+    groups: list[list[tuple[str, Path]]] = [[]]
+    filled = 0
+    for entry, size in zip(found, sizes, strict=True):
+        if filled >= share * len(groups) and len(groups) < n:
+            groups.append([])
+        groups[-1].append(entry)
+        filled += size
+    return [g for g in groups if g]
+
+
+def _sum(parts: list[LoadStats]) -> LoadStats:
+    total = LoadStats()
+    for part in parts:
+        total.merge(part)
+    return total
+
+
+def _load_hosts(
+    con: duckdb.DuckDBPyConnection,
+    found: list[tuple[str, Path]],
+    cursors: dict[str, tuple[int, str | None]],
+    progress: ProgressFn | None,
+    stop: threading.Event,
+) -> LoadStats:
     total = LoadStats()
     # bytes read and unfinished lines are counted per file, and a file can span batches
     read = LoadStats()
-    cursors = _read_cursors(con)
     batch = Batch()
-    for host, hdir in discover(mirror_dir, hosts):
+    for host, hdir in found:
         for path in (hdir / HISTORY, hdir / OBSERVATIONS, hdir / STATE_FILE):
             if not path.is_file():
                 continue
@@ -111,6 +203,8 @@ def load_mirror(
                 end = start + len(data)
                 batch.cursors.append((key, host, end, _head_sha(path, min(end, HEAD_BYTES))))
                 if batch.nbytes >= BATCH_BYTES:
+                    if stop.is_set():
+                        raise _Stopped
                     _commit(con, batch)
                     _add_committed(total, read, batch.stats, progress)
                     batch = Batch()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from factories import line, record, write_history
+from factories import line, record, seed_record, write_history, write_observation
 
 from pipeline import load, warehouse
 from pipeline.warehouse import WarehouseError
@@ -186,4 +186,87 @@ def test_kill_9_mid_load_then_rerun_equals_one_clean_load(
     con = warehouse.connect(db)
     assert counts(con) == expected
     assert runs_fingerprint(con) == expected_runs
+    _consistent(con)
+
+
+def _fleet_mirror(root: Path) -> None:
+    """Hosts of unequal size with repeats, rejects, old-format lines, state files and
+    observations: everything a group of hosts must get right on its own."""
+    for h, runs in enumerate([400, 20, 900, 5, 300, 60]):
+        host = f"host{h}.example.com"
+        body = [line(record(run_id=f"{h}-{i}", duration_s=i)) for i in range(runs)]
+        body += [body[0], b"not json\n", line(seed_record(duration_s=h))]
+        write_history(root, host, b"".join(body))
+        (root / host / "last_run_metadata.json").write_bytes(body[-1])
+        write_observation(root, host)
+
+
+def _everything(con: duckdb.DuckDBPyConnection) -> list[list[tuple[object, ...]]]:
+    return [
+        runs_fingerprint(con),
+        con.execute(
+            "SELECT source_path, byte_offset, reason FROM rejects ORDER BY 1, 2"
+        ).fetchall(),
+        con.execute("SELECT host, reachable FROM observations ORDER BY 1").fetchall(),
+        con.execute("SELECT source_path, byte_offset FROM load_cursors ORDER BY 1").fetchall(),
+    ]
+
+
+def test_groups_of_hosts_load_what_one_loader_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = tmp_path / "m"
+    _fleet_mirror(mirror)
+    monkeypatch.setattr(load, "BATCH_BYTES", 50_000)  # several transactions per group
+    results = []
+    for workers in (1, 3):
+        monkeypatch.setattr(load, "WORKERS", workers)
+        con = warehouse.connect(tmp_path / f"w{workers}.duckdb")
+        stats = load.load_mirror(con, mirror)
+        assert (stats.runs_added, stats.rejects_added, stats.observations_added) == (1691, 6, 6)
+        assert load.load_mirror(con, mirror).bytes_read == 0
+        results.append(_everything(con))
+        con.close()
+    assert results[0] == results[1]
+
+
+def test_split_keeps_hosts_contiguous_and_balanced(tmp_path: Path) -> None:
+    sizes = [900, 10, 10, 10, 400, 400, 100]
+    found = []
+    for i, size in enumerate(sizes):
+        write_history(tmp_path, f"h{i}", b"x" * size)
+        found.append((f"h{i}", tmp_path / f"h{i}"))
+    groups = load._split(found, 2)
+    # 930 and 900 bytes: a group closes once it holds its share (915)
+    assert [[h for h, _ in g] for g in groups] == [["h0", "h1", "h2"], ["h3", "h4", "h5", "h6"]]
+    assert load._split(found, 1) == [found] and load._split(found[:1], 4) == [found[:1]]
+    assert sum(len(g) for g in load._split(found, 5)) == len(found)
+
+
+def test_a_failing_group_stops_the_others_and_leaves_the_warehouse_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = tmp_path / "m"
+    _big_mirror(mirror, hosts=4, runs=2000)
+    monkeypatch.setattr(load, "BATCH_BYTES", 100_000)
+    monkeypatch.setattr(load, "WORKERS", 2)
+    real_stage = load._stage
+    staged: list[str] = []
+
+    def failing_stage(batch: load.Batch, host: str, *args: object) -> None:
+        staged.append(host)
+        if host == "host3.example.com" and staged.count(host) == 3:
+            raise OSError("disk went away")
+        real_stage(batch, host, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(load, "_stage", failing_stage)
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    with pytest.raises(OSError, match="disk went away"):
+        load.load_mirror(con, mirror)
+    _consistent(con)
+    partial = counts(con)[0]
+    assert 0 < partial < 8000
+    monkeypatch.setattr(load, "_stage", real_stage)
+    stats = load.load_mirror(con, mirror)
+    assert counts(con) == (8000, 4, 0) and stats.runs_added == 8000 - partial
     _consistent(con)
