@@ -54,30 +54,32 @@ def read_json_seconds(mirror: Path, work: Path) -> float:
     return elapsed
 
 
-def ingest_seconds(mirror: Path, db: Path, fresh: bool = True) -> float:
+def ingest_seconds(mirror: Path, db: Path, fresh: bool = True) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one `fleetstate ingest --from`."""
     if fresh:
         for p in (db, db.with_name(db.name + ".wal")):
             p.unlink(missing_ok=True)
-    wall, _ = run_timed([FLEETSTATE, "ingest", "--from", str(mirror)], env=env_with_db(db))
-    return wall
+    return run_timed([FLEETSTATE, "ingest", "--from", str(mirror)], env=env_with_db(db))
 
 
-def measure(hosts: int, runs: int, work: Path) -> tuple[float, float, float, int]:
+def measure(hosts: int, runs: int, work: Path) -> tuple[float, float, float, int, int]:
     mirror = ensure(BENCH_DATA / f"m{hosts}x{runs}", hosts, runs)
     size = sum(p.stat().st_size for p in mirror.glob("*/history.jsonl"))
     db = work / "fleet.duckdb"
-    base, load, noop = [], [], []
+    base, load, noop, peak = [], [], [], []
     for _ in range(REPEAT):
         base.append(read_json_seconds(mirror, work))
-        load.append(ingest_seconds(mirror, db))
-        noop.append(ingest_seconds(mirror, db, fresh=False))
+        wall, rss = ingest_seconds(mirror, db)
+        load.append(wall)
+        peak.append(rss)
+        noop.append(ingest_seconds(mirror, db, fresh=False)[0])
     con = duckdb.connect(str(db), read_only=True)
     row = con.execute(
         "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM rejects)"
     ).fetchone()
     con.close()
     assert row is not None and row[0] == hosts * runs, f"expected {hosts * runs} runs, got {row}"
-    return min(base), min(load), min(noop), size
+    return min(base), min(load), min(noop), size, max(peak)
 
 
 def main() -> None:
@@ -90,11 +92,12 @@ def main() -> None:
     try:
         results = []
         for hosts, runs in sizes:
-            base, load, noop, size = measure(hosts, runs, work)
+            base, load, noop, size, peak = measure(hosts, runs, work)
             results.append((hosts, runs, size, base, load, noop))
             note(
                 f"{hosts} hosts x {runs} runs ({size / 1e6:,.0f} MB): read_json {base:.3f} s, "
-                f"ingest {load:.3f} s (x{load / base:.2f}), no-op ingest {noop:.3f} s"
+                f"ingest {load:.3f} s (x{load / base:.2f}, peak {peak / 1e6:,.0f} MB), "
+                f"no-op ingest {noop:.3f} s"
             )
         hosts, runs, size, base, load, noop = results[-1]
         label = f"{hosts * runs:,} records, {size / 1e6:,.0f} MB"
