@@ -139,13 +139,19 @@ def load_mirror(
         finally:
             worker.close()
 
-    with ThreadPoolExecutor(len(groups), thread_name_prefix="load") as pool:
-        futures = [pool.submit(run, i, g) for i, g in enumerate(groups)]
-        try:
-            wait(futures)
-        except BaseException:  # interrupted: the groups stop after their current batch
-            stop.set()
-            raise
+    # the groups share the cores: DuckDB threads per query, restored afterwards
+    row = con.execute("SELECT current_setting('threads')").fetchall()
+    con.execute(f"SET threads = {max(1, (os.cpu_count() or 1) // len(groups))}")
+    try:
+        with ThreadPoolExecutor(len(groups), thread_name_prefix="load") as pool:
+            futures = [pool.submit(run, i, g) for i, g in enumerate(groups)]
+            try:
+                wait(futures)
+            except BaseException:  # interrupted: the groups stop after their current batch
+                stop.set()
+                raise
+    finally:
+        con.execute(f"SET threads = {int(row[0][0])}")
     errors = [f.exception() for f in futures]
     for error in errors:
         if error is not None and not isinstance(error, _Stopped):

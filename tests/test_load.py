@@ -222,7 +222,9 @@ def test_groups_of_hosts_load_what_one_loader_does(
     for workers in (1, 3):
         monkeypatch.setattr(load, "WORKERS", workers)
         con = warehouse.connect(tmp_path / f"w{workers}.duckdb")
+        threads = con.execute("SELECT current_setting('threads')").fetchall()
         stats = load.load_mirror(con, mirror)
+        assert con.execute("SELECT current_setting('threads')").fetchall() == threads
         assert (stats.runs_added, stats.rejects_added, stats.observations_added) == (1691, 6, 6)
         assert load.load_mirror(con, mirror).bytes_read == 0
         results.append(_everything(con))
