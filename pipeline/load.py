@@ -307,9 +307,9 @@ def _lines_table(batch: Batch, idx: int, start: int, data: memoryview) -> pa.Tab
     offsets = np.empty(n + 1, dtype=np.int64)
     offsets[0] = 0
     offsets[1:] = ends
+    lines = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
     whole = data.obj  # the piece read; `data` is its newline-terminated start
-    if (isinstance(whole, bytes) and whole.isascii()) or _is_utf8(data):
-        lines = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+    if (isinstance(whole, bytes) and whole.isascii()) or _is_utf8(lines):
         return pa.table(
             {
                 "file_idx": pa.array(np.full(n, idx, dtype=np.int32)),
@@ -325,10 +325,13 @@ def _lines_table(batch: Batch, idx: int, start: int, data: memoryview) -> pa.Tab
     return _text_table(batch, idx, pieces)
 
 
-def _is_utf8(data: memoryview) -> bool:
+def _is_utf8(lines: pa.LargeStringArray) -> bool:
+    """Arrow checks the bytes in place (no Python string of the whole piece)."""
+    import pyarrow as pa
+
     try:
-        str(data, "utf-8")
-    except UnicodeDecodeError:
+        lines.validate(full=True)
+    except pa.ArrowInvalid:
         return False
     return True
 
