@@ -194,9 +194,10 @@ def _run_id_sql() -> str:
     return f"coalesce(run_id, 'derived-' || left(sha256({canonical}), 32))"
 
 
-_FROM_JSON_TYPE = {"int": "BIGINT", "bool": "BOOLEAN"}  # all other kinds: VARCHAR
-# the JSON type of a member the canonical serialisation writes (json_type's name for it)
-_CANONICAL_TYPE = {"int": "BIGINT", "bool": "BOOLEAN"}  # all other kinds: VARCHAR
+# from_json's type for each kind, all others VARCHAR; the same names are json_type's for
+# the members the canonical serialisation writes (an integer may also be UBIGINT there:
+# the rules accept both alike)
+_FROM_JSON_TYPE = {"int": "BIGINT", "bool": "BOOLEAN"}
 
 
 def _serialised(f: Field) -> str:
@@ -233,7 +234,7 @@ def _fast_valid_sql(f: Field) -> str:
         n = 40 if f.kind == "sha1" else 64
         rules = f"({x} IN ('', 'null') OR (strlen({x}) = {n} AND TRY(unhex({x})) IS NOT NULL))"
     else:
-        rules = _valid_sql(f, _lit(_CANONICAL_TYPE.get(f.kind, "VARCHAR")), x)
+        rules = _valid_sql(f, _lit(_FROM_JSON_TYPE.get(f.kind, "VARCHAR")), x)
     return f"(CASE WHEN {x} IS NULL THEN {when_null} ELSE {rules} END)"
 
 
@@ -255,7 +256,7 @@ def fast_sql(staged: str) -> str:
     Each line is parsed once, by from_json into typed members, and written back the way
     the wrapper writes a record (contract key order, no whitespace, strings in quotes,
     `null` for nulls; the 12-field form of older wrappers too). A line is taken only when
-    it equals that serialisation byte for byte and has no backslash, NUL or escape, so
+    it equals that serialisation byte for byte and has no backslash or NUL byte, so
     the line *is* the canonical text of the typed values: every member has the JSON type
     its kind serialises to (a string in quotes, an integer as its digits, a boolean as
     true or false), there is no unknown, repeated or reordered key and no whitespace,
