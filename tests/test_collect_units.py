@@ -195,3 +195,41 @@ def test_layering_collect_has_no_duckdb_mirror_has_no_paramiko() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
     code = "import sys, pipeline.mirror; assert 'paramiko' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_known_hosts_is_parsed_once_and_again_only_when_it_changes(tmp_path: Path) -> None:
+    import paramiko
+
+    from pipeline import collect
+
+    path = tmp_path / "known_hosts"
+    a, b = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+    path.write_text(
+        f"a.example.com {a.get_name()} {a.get_base64()}\n"
+        f"[b.example.com]:2222 {b.get_name()} {b.get_base64()}\n"
+    )
+    first = collect.known_host_keys(path)
+    assert collect.known_host_keys(path) is first  # unchanged: the same parse
+    assert first.lookup("[b.example.com]:2222") is not None
+    assert first.lookup("b.example.com") is None
+
+    # someone removes a key (ssh-keygen -R): the next connection sees the new file
+    path.write_text(f"a.example.com {a.get_name()} {a.get_base64()}\n")
+    second = collect.known_host_keys(path)
+    assert second is not first and second.lookup("[b.example.com]:2222") is None
+
+    # a key accepted with --accept-new-host-keys is saved and joins the parsed copy
+    policy = collect._KnownHostsPolicy(path, accept_new=True)
+    policy.missing_host_key(paramiko.SSHClient(), "c.example.com", b)
+    assert collect.known_host_keys(path) is second
+    assert second.lookup("c.example.com") is not None
+    assert "c.example.com" in path.read_text()
+
+    # refused when not opted in, and nothing is written
+    before = path.read_text()
+    with pytest.raises(collect.HostKeyError, match="unknown host key"):
+        collect._KnownHostsPolicy(path, accept_new=False).missing_host_key(
+            paramiko.SSHClient(), "d.example.com", a
+        )
+    assert path.read_text() == before
+    assert collect.known_host_keys(tmp_path / "absent").lookup("a.example.com") is None

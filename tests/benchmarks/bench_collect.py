@@ -1,6 +1,7 @@
 """Benchmark the SSH collector against the OpenSSH client on a simulated fleet.
 
-Run as root: `uv run python tests/benchmarks/bench_collect.py [HOSTS] [JOBS]`.
+Run as root: `uv run python tests/benchmarks/bench_collect.py [HOSTS] [JOBS] [OTHERS]`,
+OTHERS being how many other hosts' keys to add to known_hosts (default 0).
 Prints one line per figure: name, value, baseline, ratio (value / baseline).
 """
 
@@ -69,6 +70,8 @@ def line(name: str, value: float, baseline: float) -> None:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     jobs = int(sys.argv[2]) if len(sys.argv) > 2 else 16
+    # entries for other hosts in known_hosts, as in a real fleet's (argument 3)
+    pad = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     if (why := skip_reason()) is not None:
         sys.exit(f"cannot simulate a fleet here: {why}")
     base = Path(tempfile.mkdtemp(prefix="bench-collect-"))
@@ -76,10 +79,23 @@ def main() -> None:
     for i in range(n):
         fleet.add(f"bench{i:03d}.fleet.test").append(HISTORY, lines(HISTORY_LINES, start=i))
     fleet.start()
+    if pad:
+        _pad_known_hosts(fleet.known_hosts, pad)
     try:
         run(fleet, n, jobs, base)
     finally:
         fleet.stop()
+
+
+def _pad_known_hosts(path: Path, entries: int) -> None:
+    """Add `entries` other hosts' keys, one key type in three as in a mixed fleet."""
+    import paramiko
+
+    keys = [paramiko.ECDSAKey.generate(), paramiko.RSAKey.generate(2048)]
+    with path.open("a") as fh:
+        for i in range(entries):
+            key = keys[i % 3 == 0]
+            fh.write(f"other{i:05d}.fleet.test {key.get_name()} {key.get_base64()}\n")
 
 
 def run(fleet: Fleet, n: int, jobs: int, base: Path) -> None:
