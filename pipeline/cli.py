@@ -95,10 +95,17 @@ def ingest(
     ),
     jobs: Annotated[int, typer.Option(min=1, max=256, help="Hosts collected at once.")] = 16,
     accept_new_host_keys: Annotated[
-        bool, typer.Option(help="Trust and save keys of hosts not yet in known_hosts.")
+        bool,
+        typer.Option(
+            help="Trust and save keys of hosts not yet in known_hosts (as ssh_config's "
+            "StrictHostKeyChecking accept-new does per host); a changed key is always refused."
+        ),
     ] = False,
     ssh_config: Annotated[Path | None, typer.Option(help="[default: ~/.ssh/config]")] = None,
-    known_hosts: Annotated[Path | None, typer.Option(help="[default: ~/.ssh/known_hosts]")] = None,
+    known_hosts: Annotated[
+        Path | None,
+        typer.Option(help="[default: ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts]"),
+    ] = None,
     user: Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds one host may take.")] = 60.0,
     connect_timeout: Annotated[float, typer.Option(help="Seconds to establish SSH.")] = 10.0,

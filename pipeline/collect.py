@@ -35,8 +35,8 @@ COLLECTOR_VERSION = "fleetstate-collect/1"
 @dataclass
 class CollectOptions:
     ssh_config: Path | None = None  # None: ~/.ssh/config when it exists
-    known_hosts: Path | None = None  # None: ~/.ssh/known_hosts
-    accept_new_host_keys: bool = False
+    known_hosts: Path | None = None  # None: ssh_config's UserKnownHostsFile, else ~/.ssh/
+    accept_new_host_keys: bool = False  # else as ssh_config's StrictHostKeyChecking says
     user: str | None = None
     port: int | None = None
     identity_files: list[Path] = field(default_factory=list)
@@ -363,6 +363,8 @@ class SshTarget:
     identities_only: bool = False
     proxycommand: str | None = None
     jumps: tuple[SshTarget, ...] = ()
+    known_hosts: tuple[Path, ...] = ()  # ssh_config's UserKnownHostsFile
+    strict_host_key_checking: str | None = None  # ssh_config's StrictHostKeyChecking
 
     @property
     def known_hosts_name(self) -> str:
@@ -430,7 +432,32 @@ def _resolve(
         identities_only=c.get("identitiesonly", "no").lower() == "yes",
         proxycommand=None if not proxycommand or proxycommand.lower() == "none" else proxycommand,
         jumps=jumps,
+        known_hosts=tuple(
+            _config_path(p) for p in c.get("userknownhostsfile", "").split() if p != "none"
+        ),
+        strict_host_key_checking=c.get("stricthostkeychecking", "").lower() or None,
     )
+
+
+def _config_path(value: str) -> Path:
+    """A path from ssh_config: `~`, `%d` (home) and `%u` (local user) expanded."""
+    value = value.replace("%d", str(Path.home())).replace("%u", getpass.getuser())
+    return Path(value).expanduser()
+
+
+def _known_hosts_files(target: SshTarget, options: CollectOptions) -> list[Path]:
+    """--known-hosts, else ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts; keys
+    are looked up in all of them and new ones saved to the first, as ssh does."""
+    if options.known_hosts is not None:
+        return [options.known_hosts]
+    return list(target.known_hosts) or [options.known_hosts_path()]
+
+
+def _accepts_new_keys(target: SshTarget, options: CollectOptions) -> bool:
+    """--accept-new-host-keys, or StrictHostKeyChecking accept-new in ssh_config. `no` and
+    `off` count as accept-new: a changed key is refused whatever the configuration."""
+    strict = target.strict_host_key_checking
+    return options.accept_new_host_keys or strict in ("accept-new", "no", "off")
 
 
 def _resolve_hop(hop: str, config: paramiko.SSHConfig) -> SshTarget:
@@ -536,11 +563,13 @@ def _handshake(
 ) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     closers.append(client)
-    known = options.known_hosts_path()
+    files = _known_hosts_files(target, options)
+    known = files[0]
     name = target.known_hosts_name  # the name paramiko looks the server's key up by
-    for keytype, key in (known_host_keys(known).lookup(name) or {}).items():
-        client.get_host_keys().add(name, keytype, key)
-    client.set_missing_host_key_policy(_KnownHostsPolicy(known, options.accept_new_host_keys))
+    for path in files:
+        for keytype, key in (known_host_keys(path).lookup(name) or {}).items():
+            client.get_host_keys().add(name, keytype, key)
+    client.set_missing_host_key_policy(_KnownHostsPolicy(known, _accepts_new_keys(target, options)))
     t = options.connect_timeout
     try:
         client.connect(

@@ -463,6 +463,52 @@ def test_unknown_host_key_refused_unless_accept_new(fleet: Fleet, tmp_path: Path
     assert collect(fleet, tmp_path / "m", ["legacy"], known_hosts=kh).hosts_ok
 
 
+def test_ssh_config_names_the_known_hosts_files_and_the_new_key_policy(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Without --known-hosts, UserKnownHostsFile is read (every file listed, new keys saved
+    to the first) and StrictHostKeyChecking accept-new/no accept a new key; a changed key
+    is refused whatever ssh_config says."""
+    name = fqdn("legacy")
+    ours = tmp_path / "ours"
+    default = tmp_path / "home" / ".ssh" / "known_hosts"  # HOME is tmp_path/home here
+
+    def configure(header: str) -> None:
+        fleet.write_client_files(extra_config=f"Host {name}\n{header}")
+
+    try:
+        # both files are read: the key is found in the second
+        configure(f"  UserKnownHostsFile {ours} {fleet.known_hosts}\n")
+        assert collect(fleet, tmp_path / "m", ["legacy"], known_hosts=None).hosts_ok
+        assert not ours.exists() and not default.exists()
+
+        # only an empty file named: refused, naming that file
+        configure(f"  UserKnownHostsFile {ours}\n")
+        r = collect(fleet, tmp_path / "m", ["legacy"], known_hosts=None)
+        assert "unknown host key" in r.hosts_failed[name] and str(ours) in r.hosts_failed[name]
+        # --known-hosts wins over ssh_config
+        assert collect(fleet, tmp_path / "m", ["legacy"], known_hosts=fleet.known_hosts).hosts_ok
+
+        # accept-new in ssh_config: accepted and saved to the first file
+        configure(f"  UserKnownHostsFile {ours}\n  StrictHostKeyChecking accept-new\n")
+        assert collect(fleet, tmp_path / "m", ["legacy"], known_hosts=None).hosts_ok
+        assert host(fleet, "legacy").host_key() in ours.read_text()
+
+        # a changed key is refused even with StrictHostKeyChecking no
+        from sshfleet import keygen
+
+        other = keygen(tmp_path / "other")
+        saved = ours.read_text()
+        ours.write_text(saved.replace(host(fleet, "legacy").host_key(), other))
+        configure(f"  UserKnownHostsFile {ours}\n  StrictHostKeyChecking no\n")
+        r = collect(fleet, tmp_path / "m", ["legacy"], known_hosts=None)
+        assert "CHANGED" in r.hosts_failed[name]
+        assert other in ours.read_text()  # nothing was overwritten
+        assert not default.exists()
+    finally:
+        fleet.write_client_files()
+
+
 def test_auth_failure_is_not_retried(fleet: Fleet, tmp_path: Path) -> None:
     from sshfleet import keygen
 
