@@ -155,7 +155,7 @@ def _consistent(con: duckdb.DuckDBPyConnection) -> None:
     assert orphans == [(0,)]
 
 
-@pytest.mark.parametrize("kill_after_s", [0.4, 0.9, 1.5])
+@pytest.mark.parametrize("kill_after_s", [0.35, 0.6, 0.9])
 def test_kill_9_mid_load_then_rerun_equals_one_clean_load(
     tmp_path: Path, kill_after_s: float
 ) -> None:
@@ -168,7 +168,8 @@ def test_kill_9_mid_load_then_rerun_equals_one_clean_load(
     clean.close()
 
     db = tmp_path / "killed.duckdb"
-    env = {**os.environ, "FLEETSTATE_BATCH_BYTES": "200000"}
+    # two groups of hosts commit side by side, whatever the machine's core count
+    env = {**os.environ, "FLEETSTATE_BATCH_BYTES": "200000", "FLEETSTATE_LOAD_WORKERS": "2"}
     cmd = [sys.executable, "-m", "pipeline", "--db", str(db), "ingest", "--from", str(mirror)]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
     time.sleep(kill_after_s)
