@@ -1,12 +1,14 @@
 """The DuckDB warehouse: one place that opens it, migrates it and applies queries/.
 
 Table changes are numbered migrations applied once and recorded in
-`schema_migrations`; views and macros in queries/ are re-applied on every
-writable open (`CREATE OR REPLACE`), so a new release's SQL always wins.
+`schema_migrations`; views and macros in queries/ are re-applied on a writable
+open whenever their text differs from what the warehouse last applied
+(`CREATE OR REPLACE`), so a new release's SQL always wins.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from importlib import resources
@@ -97,12 +99,25 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def apply_queries(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """(Re)create every view and macro in queries/, in file-name order."""
-    names = []
-    for sql_file in sorted(queries_dir().glob("*.sql")):
-        con.execute(sql_file.read_text())
-        names.append(sql_file.name)
-    return names
+    """(Re)create every view and macro in queries/, in file-name order, unless the
+    warehouse already holds this exact text (applying takes ~30 ms; ingest runs often).
+    The text and its fingerprint in `meta` commit together."""
+    files = sorted(queries_dir().glob("*.sql"))
+    texts = [(f.name, f.read_text()) for f in files]
+    digest = hashlib.sha256(repr(texts).encode()).hexdigest()
+    row = con.execute("SELECT value FROM meta WHERE key = 'queries_sha256'").fetchall()
+    if row and row[0][0] == digest:
+        return []
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for _, text in texts:
+            con.execute(text)
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('queries_sha256', ?)", [digest])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return [name for name, _ in texts]
 
 
 def remove(path: Path) -> None:

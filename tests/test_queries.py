@@ -245,3 +245,18 @@ def test_docs_sql_names_every_view_and_macro_in_queries(con: duckdb.DuckDBPyConn
     assert "host_state" in names
     missing = sorted(n for n in names if f"`{n}" not in doc)
     assert missing == []
+
+
+def test_queries_are_applied_again_only_when_their_text_changed(tmp_path: Path) -> None:
+    from pipeline import warehouse
+
+    db = tmp_path / "w.duckdb"
+    warehouse.connect(db).close()
+    con = warehouse.connect(db)
+    assert warehouse.apply_queries(con) == []  # same text: nothing to do
+    con.execute("UPDATE meta SET value = 'older release' WHERE key = 'queries_sha256'")
+    con.execute("DROP VIEW host_state")
+    applied = warehouse.apply_queries(con)
+    assert "20_host_state.sql" in applied
+    assert con.execute("SELECT count(*) FROM host_state").fetchall() == [(0,)]
+    con.close()
