@@ -114,6 +114,16 @@ def load_mirror(
     groups = _split(found, WORKERS)
     if len(groups) <= 1:
         return _load_hosts(con, found, cursors, progress, threading.Event())
+    return _load_groups(con, groups, cursors, progress)
+
+
+def _load_groups(
+    con: duckdb.DuckDBPyConnection,
+    groups: list[list[tuple[str, Path]]],
+    cursors: dict[str, tuple[int, str | None]],
+    progress: ProgressFn | None,
+) -> LoadStats:
+    """Each group in its own thread and on its own connection; progress shows their sum."""
     from concurrent.futures import ThreadPoolExecutor, wait
 
     lock = threading.Lock()
