@@ -759,3 +759,32 @@ def test_hostile_history_content_and_mirror_path_stay_data(fleet: Fleet, tmp_pat
     rotated = h.path(HISTORY + ".1").read_bytes()  # a fresh mirror starts with the .1 file
     assert mirrored(mirror, "rename") == rotated + h.path(HISTORY).read_bytes()
     assert not pwned.exists()
+
+
+def test_rollout_watch_collects_over_ssh_with_the_operators_ssh_config(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """`rollout --watch --ingest HOST` end to end over SSH, as an operator runs it: no SSH
+    options on the command line, only ~/.ssh/config (here naming the fleet's known_hosts
+    with UserKnownHostsFile). The watch stops once the rollout is complete."""
+    home = tmp_path / "operator"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host *.fleet.test\n  UserKnownHostsFile {fleet.known_hosts}\n\n"
+        + fleet.ssh_config.read_text()
+    )
+    cmd = [
+        sys.executable, "-m", "pipeline", "--db", str(tmp_path / "w.duckdb"),
+        "rollout", "a" * 40, "--watch", "--ingest", fqdn("basic"), "--interval", "0",
+        "--iterations", "3", "--stale-hours", "100000", "--part", "summary", "-f", "json",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env={**os.environ, "HOME": str(home)}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary[0]["hosts"] == 1 and summary[0]["converged"] == 1
+    assert summary[0]["pct_converged"] == 100.0
+    assert (home / ".ssh" / "known_hosts").exists() is False  # ssh_config's file was used
+    assert (tmp_path / "data" / "mirror" / fqdn("basic") / "history.jsonl").exists()
