@@ -3,12 +3,12 @@
     uv run python tests/benchmarks/run_all.py [--quick]
 
 Each benchmark runs as its own process (so start-up and memory are its own), in this
-order: load (bulk and no-op), memory, start-up, wrapper, then the collector's and the
-analytics' benchmarks when their files exist. Every `FIGURE` line gives the figure,
-its baseline measured in the same run, the ratio and whether the target is met; the
-summary at the end repeats them. --quick uses small sizes (about a minute); the full
-run takes about ten minutes on 2 cores. Generated data is kept in bench-data/
-(git-ignored) and reused by later runs.
+order: load (bulk and no-op), the loader's profile, memory, start-up, wrapper, then
+the collector's and the analytics' benchmarks when their files exist. Every `FIGURE`
+line gives the figure, its baseline measured in the same run, the ratio and whether
+the target is met; the summary at the end repeats them. --quick uses small sizes
+(about a minute); the full run takes about ten minutes on 2 cores. Generated data is
+kept in bench-data/ (git-ignored) and reused by later runs.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OURS = ["bench_load.py", "bench_memory.py", "bench_startup.py", "bench_wrapper.py"]
+OURS = [
+    "bench_load.py", "profile_load.py", "bench_memory.py", "bench_startup.py", "bench_wrapper.py",
+]  # fmt: skip
 OTHERS = {  # other issues' benchmarks: their own arguments for a quick run
     "bench_collect.py": ["10", "4"],
     "bench_analytics.py": ["--hosts", "100", "--days", "14"],
