@@ -24,6 +24,7 @@ from typing import Any
 
 import paramiko
 
+from pipeline import knownhosts
 from pipeline.errors import FleetstateError
 from pipeline.mirror import Cursor, Mirror
 from pipeline.remote import ReportError, build_command, interpret, parse_sections, posix_cksum
@@ -344,11 +345,13 @@ def describe_error(exc: BaseException, target: SshTarget, options: CollectOption
 
 # --- SSH the way the operator has it set up -------------------------------------------
 
-_KNOWN_HOSTS_LOCK = threading.Lock()
-
 
 class HostKeyError(paramiko.SSHException):
-    """Unknown or changed host key: refused, never retried."""
+    """Unknown, changed or revoked host key: refused, never retried."""
+
+
+# OpenSSH's default GlobalKnownHostsFile: read, never written
+GLOBAL_KNOWN_HOSTS = (Path("/etc/ssh/ssh_known_hosts"), Path("/etc/ssh/ssh_known_hosts2"))
 
 
 @dataclass(frozen=True)
@@ -364,6 +367,7 @@ class SshTarget:
     proxycommand: str | None = None
     jumps: tuple[SshTarget, ...] = ()
     known_hosts: tuple[Path, ...] = ()  # ssh_config's UserKnownHostsFile
+    global_known_hosts: tuple[Path, ...] = GLOBAL_KNOWN_HOSTS  # ... GlobalKnownHostsFile
     strict_host_key_checking: str | None = None  # ssh_config's StrictHostKeyChecking
 
     @property
@@ -432,11 +436,18 @@ def _resolve(
         identities_only=c.get("identitiesonly", "no").lower() == "yes",
         proxycommand=None if not proxycommand or proxycommand.lower() == "none" else proxycommand,
         jumps=jumps,
-        known_hosts=tuple(
-            _config_path(p) for p in c.get("userknownhostsfile", "").split() if p != "none"
-        ),
+        known_hosts=_config_paths(c.get("userknownhostsfile")) or (),
+        global_known_hosts=_config_paths(c.get("globalknownhostsfile")) or GLOBAL_KNOWN_HOSTS,
         strict_host_key_checking=c.get("stricthostkeychecking", "").lower() or None,
     )
+
+
+def _config_paths(value: str | None) -> tuple[Path, ...] | None:
+    """The files a *KnownHostsFile option lists; None when it is not set. `none`
+    names no file."""
+    if value is None:
+        return None
+    return tuple(_config_path(p) for p in value.split() if p.lower() != "none")
 
 
 def _config_path(value: str) -> Path:
@@ -468,59 +479,68 @@ def _resolve_hop(hop: str, config: paramiko.SSHConfig) -> SshTarget:
 
 
 class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
-    """Refuse unknown hosts; or, when the user opted in, accept and save the new key."""
+    """Called by paramiko when it holds no key of the server's key type for the host.
 
-    def __init__(self, path: Path, accept_new: bool) -> None:
-        self.path, self.accept_new = path, accept_new
+    The key is accepted when known_hosts lists it among several of that type (paramiko
+    holds one per type); refused as CHANGED when known_hosts lists others of that type;
+    otherwise it is new: refused, or with the user's consent saved to `path`. A revoked
+    key is refused in every case."""
+
+    def __init__(
+        self,
+        path: Path,
+        accept_new: bool,
+        known: list[paramiko.PKey] | None = None,
+        revoked: Callable[[paramiko.PKey], bool] | None = None,
+        authority: bool = False,
+    ) -> None:
+        self.path, self.accept_new, self.known = path, accept_new, known or []
+        self.revoked = revoked or (lambda key: False)
+        self.authority = authority
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
+        if self.revoked(key):
+            raise _revoked(hostname, key)
+        if any(knownhosts.same_key(key, k) for k in self.known):
+            return
+        if any(k.get_name() == key.get_name() for k in self.known):
+            raise _changed(hostname, key, self.path)
         if not self.accept_new:
+            hint = (
+                " (known_hosts trusts a certificate authority for it, which fleetstate "
+                "cannot check: paramiko has no host certificates)"
+                if self.authority
+                else ""
+            )
             raise HostKeyError(
                 f"unknown host key for {hostname} ({key.get_name()} {key.fingerprint}): not in "
-                f"{self.path}; check it and add it (ssh-keyscan, or ssh once), "
+                f"{self.path}{hint}; check it and add it (ssh-keyscan, or ssh once), "
                 "or re-run with --accept-new-host-keys"
             )
-        entry = paramiko.hostkeys.HostKeyEntry([hostname], key).to_line() or ""
-        with _KNOWN_HOSTS_LOCK:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a") as fh:
-                fh.write(entry)
-            cached = _KNOWN_HOSTS.get(self.path)
-            if cached:  # our own append: keep the parsed copy instead of parsing again
-                cached[1].add(hostname, key.get_name(), key)
-                _KNOWN_HOSTS[self.path] = (_file_signature(self.path), cached[1])
+        knownhosts.append(self.path, hostname, key)
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
-# known_hosts files parsed once and shared by every connection while they are unchanged:
-# paramiko's SSHClient.load_host_keys parses the whole file for each connection (79 ms
-# with 1,000 entries, so 79 s of CPU for a fleet of 1,000 hosts); a lookup takes 0.1 ms
-_KNOWN_HOSTS: dict[Path, tuple[tuple[int, int, int], paramiko.HostKeys]] = {}
+def _changed(name: str, key: paramiko.PKey, path: Path) -> HostKeyError:
+    return HostKeyError(
+        f"host key for {name} has CHANGED (now {key.get_name()} {key.fingerprint}); if the "
+        f"host was reimaged, remove the old key with `ssh-keygen -R '{name}' -f {path}` and "
+        "re-run with --accept-new-host-keys; otherwise treat it as a possible attack"
+    )
 
 
-def _file_signature(path: Path) -> tuple[int, int, int]:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return (0, 0, 0)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+def _revoked(name: str, key: paramiko.PKey) -> HostKeyError:
+    return HostKeyError(
+        f"host key for {name} is REVOKED in known_hosts ({key.get_name()} "
+        f"{key.fingerprint}): refused"
+    )
 
 
-def known_host_keys(path: Path) -> paramiko.HostKeys:
+def known_host_keys(path: Path) -> knownhosts.KnownHosts:
     """The parsed known_hosts at `path`, parsed again only when the file changed."""
-    signature = _file_signature(path)
-    with _KNOWN_HOSTS_LOCK:
-        cached = _KNOWN_HOSTS.get(path)
-        if cached and cached[0] == signature:
-            return cached[1]
-        keys = paramiko.HostKeys()
-        if signature != (0, 0, 0):
-            keys.load(str(path))
-        _KNOWN_HOSTS[path] = (signature, keys)
-        return keys
+    return knownhosts.load(path)
 
 
 def connect_client(
@@ -564,12 +584,22 @@ def _handshake(
     client = paramiko.SSHClient()
     closers.append(client)
     files = _known_hosts_files(target, options)
-    known = files[0]
-    name = target.known_hosts_name  # the name paramiko looks the server's key up by
-    for path in files:
-        for keytype, key in (known_host_keys(path).lookup(name) or {}).items():
-            client.get_host_keys().add(name, keytype, key)
-    client.set_missing_host_key_policy(_KnownHostsPolicy(known, _accepts_new_keys(target, options)))
+    tables = [known_host_keys(p) for p in (*files, *target.global_known_hosts)]
+    name = target.known_hosts_name  # the name known_hosts lists the server by
+    known = [key for table in tables for key in table.keys_for(name)]
+    types = [key.get_name() for key in known]
+    for key in known:  # paramiko holds one key per type: several go to the policy
+        if types.count(key.get_name()) == 1:
+            client.get_host_keys().add(name, key.get_name(), key)
+
+    def revoked(key: paramiko.PKey) -> bool:
+        return any(table.is_revoked(name, key) for table in tables)
+
+    authority = any(table.has_authority_for(name) for table in tables)
+    accept = _accepts_new_keys(target, options)
+    client.set_missing_host_key_policy(
+        _KnownHostsPolicy(files[0], accept, known, revoked, authority)
+    )
     t = options.connect_timeout
     try:
         client.connect(
@@ -586,11 +616,9 @@ def _handshake(
             channel_timeout=t,
         )
     except paramiko.BadHostKeyException as exc:
-        name = target.known_hosts_name
-        raise HostKeyError(
-            f"host key for {name} has CHANGED (now {exc.key.get_name()} "
-            f"{exc.key.fingerprint}); if the host was reimaged, remove the old key with "
-            f"`ssh-keygen -R '{name}' -f {known}` and re-run with --accept-new-host-keys; "
-            "otherwise treat it as a possible attack"
-        ) from exc
+        raise _changed(name, exc.key, files[0]) from exc
+    transport = client.get_transport()
+    server_key = transport.get_remote_server_key() if transport else None
+    if server_key is not None and revoked(server_key):  # known and trusted, but revoked
+        raise _revoked(name, server_key)
     return client

@@ -509,6 +509,56 @@ def test_ssh_config_names_the_known_hosts_files_and_the_new_key_policy(
         fleet.write_client_files()
 
 
+def test_global_known_hosts_patterns_markers_and_revoked_keys(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """GlobalKnownHostsFile (as a fleet's config management installs it) is read and never
+    written; a known_hosts with @cert-authority lines, patterns and unreadable lines still
+    works (paramiko's own reader raised on them); a key marked @revoked is refused."""
+    name = fqdn("legacy")
+    h = host(fleet, "legacy")
+    ours, global_kh = tmp_path / "ours", tmp_path / "ssh_known_hosts"
+    ca = paramiko_key_line()
+
+    def configure(header: str) -> None:
+        fleet.write_client_files(extra_config=f"Host {name}\n{header}")
+
+    try:
+        # the key only in the global file, given by a pattern, among lines paramiko
+        # cannot read: accepted, and nothing is written anywhere
+        global_kh.write_text(
+            f"@cert-authority *.fleet.test {ca}\n"
+            "damaged.fleet.test ssh-ed25519 !!!\n"
+            f"[127.0.0.?]:{h.port},!10.0.0.1 ssh-ed25519 {h.host_key()}\n"
+        )
+        before = global_kh.read_text()
+        configure(f"  UserKnownHostsFile {ours}\n  GlobalKnownHostsFile {global_kh}\n")
+        assert collect(fleet, tmp_path / "m", ["legacy"], known_hosts=None).hosts_ok
+        assert not ours.exists() and global_kh.read_text() == before
+
+        # GlobalKnownHostsFile none: only the user's (empty) file, so refused
+        configure(f"  UserKnownHostsFile {ours}\n  GlobalKnownHostsFile none\n")
+        r = collect(fleet, tmp_path / "m", ["legacy"], known_hosts=None)
+        assert "unknown host key" in r.hosts_failed[name]
+
+        # the same key marked @revoked in the user's file: refused, though the global
+        # file trusts it, and not retried
+        ours.write_text(f"@revoked * ssh-ed25519 {h.host_key()}\n")
+        configure(f"  UserKnownHostsFile {ours}\n  GlobalKnownHostsFile {global_kh}\n")
+        r = collect(fleet, tmp_path / "m", ["legacy"], known_hosts=None)
+        assert "REVOKED" in r.hosts_failed[name]
+        assert r.per_host[name].attempts == 1
+    finally:
+        fleet.write_client_files()
+
+
+def paramiko_key_line() -> str:
+    import paramiko
+
+    key = paramiko.ECDSAKey.generate()
+    return f"{key.get_name()} {key.get_base64()}"
+
+
 def test_auth_failure_is_not_retried(fleet: Fleet, tmp_path: Path) -> None:
     from sshfleet import keygen
 

@@ -210,19 +210,19 @@ def test_known_hosts_is_parsed_once_and_again_only_when_it_changes(tmp_path: Pat
     )
     first = collect.known_host_keys(path)
     assert collect.known_host_keys(path) is first  # unchanged: the same parse
-    assert first.lookup("[b.example.com]:2222") is not None
-    assert first.lookup("b.example.com") is None
+    assert first.keys_for("[b.example.com]:2222")
+    assert not first.keys_for("b.example.com")
 
     # someone removes a key (ssh-keygen -R): the next connection sees the new file
     path.write_text(f"a.example.com {a.get_name()} {a.get_base64()}\n")
     second = collect.known_host_keys(path)
-    assert second is not first and second.lookup("[b.example.com]:2222") is None
+    assert second is not first and not second.keys_for("[b.example.com]:2222")
 
     # a key accepted with --accept-new-host-keys is saved and joins the parsed copy
     policy = collect._KnownHostsPolicy(path, accept_new=True)
     policy.missing_host_key(paramiko.SSHClient(), "c.example.com", b)
     assert collect.known_host_keys(path) is second
-    assert second.lookup("c.example.com") is not None
+    assert second.keys_for("c.example.com")
     assert "c.example.com" in path.read_text()
 
     # refused when not opted in, and nothing is written
@@ -232,4 +232,71 @@ def test_known_hosts_is_parsed_once_and_again_only_when_it_changes(tmp_path: Pat
             paramiko.SSHClient(), "d.example.com", a
         )
     assert path.read_text() == before
-    assert collect.known_host_keys(tmp_path / "absent").lookup("a.example.com") is None
+    assert not collect.known_host_keys(tmp_path / "absent").keys_for("a.example.com")
+
+
+def test_known_hosts_reads_what_openssh_reads() -> None:
+    """Markers, patterns, negation, hashed names and damaged lines, as in sshd(8)'s
+    SSH_KNOWN_HOSTS FILE FORMAT; paramiko's reader raised on the first marker line."""
+    import paramiko
+
+    from pipeline import knownhosts
+
+    a, b, c, d = (paramiko.ECDSAKey.generate() for _ in range(4))
+
+    def line(hosts: str, key: paramiko.PKey, marker: str = "") -> str:
+        return f"{marker}{hosts} {key.get_name()} {key.get_base64()} comment\n"
+
+    hashed = paramiko.HostKeys.hash_host("[h.example.com]:2222")
+    table = knownhosts.parse(
+        "# a comment\n\n"
+        + line("*.example.com", c, "@cert-authority ")
+        + "@future-marker x ssh-ed25519 AAAA\n"
+        + "broken.example.com ssh-ed25519 !!!notbase64\n"
+        + "odd.example.com sk-unknown-type AAAAB3NzaC1yc2E=\n"
+        + "short-line\n"
+        + line("web?.example.com,!web9.example.com", a)
+        + line("[10.0.0.*]:2222", b)
+        + line(hashed, d)
+        + line("*", b, "@revoked ")
+    )
+    assert [e.marker for e in table.entries] == ["cert-authority", None, None, None, "revoked"]
+    assert knownhosts.same_key(table.keys_for("WEB1.example.com")[0], a)  # case-insensitive
+    assert not table.keys_for("web9.example.com")  # excluded by the negated pattern
+    assert not table.keys_for("web10.example.com")  # ? is one character
+    assert table.keys_for("[10.0.0.7]:2222") and not table.keys_for("10.0.0.7")
+    assert not table.keys_for("[10.0.0.7]:22")  # brackets are literal, not a class
+    assert knownhosts.same_key(table.keys_for("[h.example.com]:2222")[0], d)
+    assert not table.keys_for("h.example.com")
+    assert table.is_revoked("anything", b) and not table.is_revoked("anything", a)
+    assert table.has_authority_for("x.example.com") and not table.has_authority_for("x.org")
+
+
+def test_policy_accepts_any_listed_key_and_refuses_revoked_and_changed(tmp_path: Path) -> None:
+    import paramiko
+
+    from pipeline import collect
+
+    a, a2, other = (paramiko.ECDSAKey.generate() for _ in range(3))
+    path = tmp_path / "known_hosts"
+    client = paramiko.SSHClient()
+
+    # two keys of one type listed (a key being rotated): either is accepted, none saved
+    policy = collect._KnownHostsPolicy(path, accept_new=True, known=[a, a2])
+    policy.missing_host_key(client, "h", a2)
+    with pytest.raises(collect.HostKeyError, match="CHANGED"):
+        policy.missing_host_key(client, "h", other)  # even with accept-new
+    assert not path.exists()
+
+    # revoked: refused even when listed and even with accept-new
+    revoked = collect._KnownHostsPolicy(
+        path, accept_new=True, known=[a], revoked=lambda k: k is a
+    )
+    with pytest.raises(collect.HostKeyError, match="REVOKED"):
+        revoked.missing_host_key(client, "h", a)
+    assert not path.exists()
+
+    # a host known only through a certificate authority: the refusal says why
+    ca = collect._KnownHostsPolicy(path, accept_new=False, authority=True)
+    with pytest.raises(collect.HostKeyError, match="certificate authority"):
+        ca.missing_host_key(client, "h", other)
