@@ -33,8 +33,39 @@ OBSERVATIONS = "observations.jsonl"
 STATE_FILE = "last_run_metadata.json"
 # bytes of input per transaction; tests lower it to make many small transactions
 BATCH_BYTES = int(os.environ.get("FLEETSTATE_BATCH_BYTES", 128 << 20))
+# a group of hosts holds one batch in memory: about 0.5 GB at its peak with 128 MiB
+GROUP_PEAK_BYTES = 512 << 20
+
+
+def default_workers(cpus: int | None, available: int | None) -> int:
+    """Two groups of hosts on two or more cores, unless memory is short: the groups
+    together may use at most half of the memory available when the load starts."""
+    by_cpu = min(2, cpus or 1)
+    if available is None:
+        return by_cpu
+    return max(1, min(by_cpu, available // (2 * GROUP_PEAK_BYTES)))
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where there is none."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 # groups of hosts loaded at once, each holding one batch in memory (see load_mirror)
-WORKERS = max(1, int(os.environ.get("FLEETSTATE_LOAD_WORKERS", min(2, os.cpu_count() or 1))))
+WORKERS = max(
+    1,
+    int(
+        os.environ.get("FLEETSTATE_LOAD_WORKERS")
+        or default_workers(os.cpu_count(), _available_memory())
+    ),
+)
 HEAD_BYTES = 4096  # fingerprint of a file's start, to notice a replaced file
 SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
 

@@ -509,9 +509,7 @@ def test_ssh_config_names_the_known_hosts_files_and_the_new_key_policy(
         fleet.write_client_files()
 
 
-def test_global_known_hosts_patterns_markers_and_revoked_keys(
-    fleet: Fleet, tmp_path: Path
-) -> None:
+def test_global_known_hosts_patterns_markers_and_revoked_keys(fleet: Fleet, tmp_path: Path) -> None:
     """GlobalKnownHostsFile (as a fleet's config management installs it) is read and never
     written; a known_hosts with @cert-authority lines, patterns and unreadable lines still
     works (paramiko's own reader raised on them); a key marked @revoked is refused."""

@@ -289,9 +289,7 @@ def test_policy_accepts_any_listed_key_and_refuses_revoked_and_changed(tmp_path:
     assert not path.exists()
 
     # revoked: refused even when listed and even with accept-new
-    revoked = collect._KnownHostsPolicy(
-        path, accept_new=True, known=[a], revoked=lambda k: k is a
-    )
+    revoked = collect._KnownHostsPolicy(path, accept_new=True, known=[a], revoked=lambda k: k is a)
     with pytest.raises(collect.HostKeyError, match="REVOKED"):
         revoked.missing_host_key(client, "h", a)
     assert not path.exists()

@@ -273,3 +273,14 @@ def test_a_failing_group_stops_the_others_and_leaves_the_warehouse_consistent(
     stats = load.load_mirror(con, mirror)
     assert counts(con) == (8000, 4, 0) and stats.runs_added == 8000 - partial
     _consistent(con)
+
+
+def test_default_groups_follow_cores_and_available_memory() -> None:
+    gib = 1 << 30
+    assert load.default_workers(8, 16 * gib) == 2
+    assert load.default_workers(1, 16 * gib) == 1  # one core: one group
+    assert load.default_workers(None, None) == 1
+    assert load.default_workers(4, None) == 2  # no /proc/meminfo (macOS): by cores
+    assert load.default_workers(4, 2 * gib) == 2  # two groups use at most 1 GiB
+    assert load.default_workers(4, 2 * gib - 1) == 1  # less: one group
+    assert load.default_workers(4, 100 << 20) == 1  # never none
