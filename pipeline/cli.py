@@ -59,7 +59,7 @@ def main_options(
     db: Annotated[
         Path | None,
         typer.Option(
-            envvar="FLEETSTATE_DB", help="Warehouse file [default: data/fleetstate.duckdb]."
+            envvar="FLEETSTATE_DB", help="Warehouse file (default: data/fleetstate.duckdb)."
         ),
     ] = None,
 ) -> None:
@@ -98,13 +98,20 @@ def ingest(
         bool,
         typer.Option(
             help="Trust and save keys of hosts not yet in known_hosts (as ssh_config's "
-            "StrictHostKeyChecking accept-new does per host); a changed key is always refused."
+            "StrictHostKeyChecking accept-new does per host); a changed or revoked key is always "
+            "refused."
         ),
     ] = False,
-    ssh_config: Annotated[Path | None, typer.Option(help="[default: ~/.ssh/config]")] = None,
+    ssh_config: Annotated[
+        Path | None, typer.Option(help="ssh_config to read (default: ~/.ssh/config).")
+    ] = None,
     known_hosts: Annotated[
         Path | None,
-        typer.Option(help="[default: ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts]"),
+        typer.Option(
+            help="Where host keys are looked up and new ones saved (default: ssh_config's "
+            "UserKnownHostsFile, else ~/.ssh/known_hosts); /etc/ssh/ssh_known_hosts (or "
+            "GlobalKnownHostsFile) is read too, never written."
+        ),
     ] = None,
     user: Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds one host may take.")] = 60.0,

@@ -46,6 +46,15 @@ def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) ->
     assert "Example:" in done.stdout
 
 
+def test_help_shows_the_defaults_of_paths(tmp_path: Path) -> None:
+    """Defaults written in square brackets were taken for rich markup and vanished."""
+    top = fs(tmp_path / "x.duckdb", "--help").stdout
+    assert "data/fleetstate.duckdb" in top
+    ingest = " ".join(fs(tmp_path / "x.duckdb", "ingest", "--help").stdout.split())
+    for words in ("~/.ssh/config", "~/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"):
+        assert words in ingest.replace("│ ", "").replace(" │", ""), words
+
+
 def test_status_json_has_one_object_per_host_with_stable_keys(
     sample: tuple[Path, samplefleet.SampleSummary],
 ) -> None:
