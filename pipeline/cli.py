@@ -211,7 +211,8 @@ def rollout(
     sha: Annotated[str, typer.Argument(help="Full sha or a unique prefix of 7+ hex digits.")],
     role: Annotated[str | None, typer.Option(help="Only hosts of this role.")] = None,
     min_pct: Annotated[
-        float | None, typer.Option("--min", help="Exit 3 when less than PCT %% converged.")
+        float | None,
+        typer.Option("--min", help="Exit 3 when less than this percentage of hosts has converged."),
     ] = None,
     stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
     part: Annotated[

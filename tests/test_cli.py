@@ -44,6 +44,7 @@ def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) ->
     done = fs(tmp_path / "x.duckdb", command, "--help")
     assert done.returncode == 0
     assert "Example:" in done.stdout
+    assert "%%" not in done.stdout  # click does not unescape it: it was shown as is
 
 
 def test_help_shows_the_defaults_of_paths(tmp_path: Path) -> None:
