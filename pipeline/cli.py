@@ -370,9 +370,9 @@ def rebuild(
 
 @app.command()
 def demo(
-    mirror: Annotated[Path, typer.Option(help="Where the sample fleet is written.")] = Path(
-        "data/demo-mirror"
-    ),
+    mirror: Annotated[
+        Path, typer.Option(help="Where the sample fleet is written (replaced on each run).")
+    ] = Path("data/demo"),  # git-ignored: the demo must not change the checkout
 ) -> None:
     """Run the whole pipeline on the bundled sample fleet: generate, ingest, status, rollout.
 

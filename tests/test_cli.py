@@ -240,6 +240,17 @@ def test_demo_runs_and_refuses_to_overwrite_real_data(tmp_path: Path) -> None:
     assert refused.returncode == 1 and "holds real data" in refused.stderr
 
 
+def test_demo_leaves_the_checkout_as_it_was(tmp_path: Path) -> None:
+    """The demo regenerates its sample each run (ages are live): into a git-ignored
+    directory, never over tracked files such as the snapshot in data/demo-mirror."""
+    done = fs(tmp_path / "data" / "fleetstate.duckdb", "demo", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    written = [p.name for p in (tmp_path / "data").iterdir()]
+    assert "demo" in written and "demo-mirror" not in written
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert "/data/demo/" in ignored and "/data/fleetstate.duckdb*" in ignored
+
+
 def test_rebuild_from_the_mirror_gives_the_same_warehouse(tmp_path: Path) -> None:
     mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
     write_history(mirror, "h", line(record(run_id="a")) + b"bad\n" + line(record(run_id="b")))
