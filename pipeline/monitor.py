@@ -1,7 +1,8 @@
 """`fleetstate status`, the monitor: host_state filtered in SQL and shown without polars.
 
-Operators run it dozens of times a day, so it imports only duckdb and rich: the
-filter compiles to SQL (filters.py) and rows come back as plain tuples.
+Operators run it dozens of times a day, so it imports only duckdb: the filter compiles
+to SQL (filters.py), rows come back as plain tuples, and render.py writes the table
+itself.
 """
 
 from __future__ import annotations

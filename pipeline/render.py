@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -102,21 +103,75 @@ def emit(
 
 
 def print_table(frame: Frame, title: str | None, styles: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+    """Columns padded to their widest cell, two spaces apart, header in capitals.
 
-    console = Console(width=None if sys.stdout.isatty() else 10_000)
-    table = Table(title=title, header_style="bold", box=None, pad_edge=False)
-    for name in frame.columns:
-        table.add_column(name.upper(), no_wrap=True, overflow="ignore")
-    for row in frame.iter_rows(named=True):
-        cells = []
-        for name, value in row.items():
-            text = "" if value is None else str(_jsonable(value))
-            style = styles[name](value) if name in styles else None
-            cells.append(Text(text, style=style or ""))
-        table.add_row(*cells)
-    console.print(table, soft_wrap=True)
-    if table.row_count == 0:
-        Console(stderr=True).print("(no rows)")
+    Written directly rather than with rich's Table, which took 0.3 s for the 1,000 rows
+    of a fleet's `status` (the command operators run most). Colour (the `styles`, as
+    rich style words) only on a terminal, and not with NO_COLOR or TERM=dumb. Control
+    characters in values are shown escaped, so data from hosts cannot drive the
+    terminal."""
+    color = (
+        sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    )
+    names = list(frame.columns)
+    header = [n.upper() for n in names]
+    lines = [[_cell(v) for v in row] for row in frame.iter_rows(named=False)]
+    widths = [_width(h) for h in header]
+    for cells in lines:
+        widths = [max(w, _width(c)) for w, c in zip(widths, cells, strict=True)]
+    out = []
+    if title:
+        out.append(_paint(title, "bold", color))
+    out.append(_join(header, widths, ["bold"] * len(names), color))
+    for row, cells in zip(frame.iter_rows(named=False), lines, strict=True):
+        looks = [styles[n](v) if n in styles else None for n, v in zip(names, row, strict=True)]
+        out.append(_join(cells, widths, looks, color))
+    sys.stdout.write("\n".join(out) + "\n")
+    if not lines:
+        sys.stderr.write("(no rows)\n")
+
+
+def _join(cells: list[str], widths: list[int], looks: list[str | None], color: bool) -> str:
+    """One line: every cell but the last padded to its column's width."""
+    parts = []
+    for i, (cell, width, look) in enumerate(zip(cells, widths, looks, strict=True)):
+        pad = "" if i == len(cells) - 1 else " " * (width - _width(cell))
+        parts.append(_paint(cell, look, color) + pad)
+    return "  ".join(parts).rstrip()
+
+
+# rich style words -> ANSI SGR codes (the words the views use)
+_SGR = {
+    "bold": "1", "dim": "2", "italic": "3", "underline": "4", "red": "31", "green": "32",
+    "yellow": "33", "blue": "34", "magenta": "35", "cyan": "36", "white": "37",
+}  # fmt: skip
+
+
+def _paint(text: str, look: str | None, color: bool) -> str:
+    if not color or not look or not text:
+        return text
+    codes = ";".join(_SGR[w] for w in look.split() if w in _SGR)
+    return f"\x1b[{codes}m{text}\x1b[0m" if codes else text
+
+
+# C0 and C1 control characters and DEL, shown as escapes: \n, \t, \x1b, ...
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r",
+}  # fmt: skip
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(_jsonable(value))
+    return text if text.isprintable() else text.translate(_CONTROL)
+
+
+def _width(text: str) -> int:
+    """Terminal columns: wide (East Asian) characters take two, combining ones none."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
