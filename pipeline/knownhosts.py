@@ -50,18 +50,33 @@ class Entry:
 @dataclass
 class KnownHosts:
     entries: list[Entry] = field(default_factory=list)
+    # lines naming hosts only by plain names, by name; the rest (patterns, hashed
+    # names) are matched one by one. A fleet's known_hosts has thousands of lines.
+    _by_name: dict[str, list[Entry]] = field(default_factory=dict, repr=False)
+    _others: list[Entry] = field(default_factory=list, repr=False)
+    _indexed: int = field(default=0, repr=False)  # entries[:_indexed] are in the index
+
+    def _naming(self, name: str) -> list[Entry]:
+        """The lines that name host `name`, in file order within each kind."""
+        for entry in self.entries[self._indexed :]:
+            if any(h.startswith(("|", "!")) or "*" in h or "?" in h for h in entry.hosts):
+                self._others.append(entry)
+            else:
+                for host in {h.lower() for h in entry.hosts}:
+                    self._by_name.setdefault(host, []).append(entry)
+        self._indexed = len(self.entries)
+        named = self._by_name.get(name.lower(), [])
+        return named + [e for e in self._others if e.matches(name)]
 
     def keys_for(self, name: str) -> list[paramiko.PKey]:
         """Keys trusted for `name` (plain lines only)."""
-        return [e.key for e in self.entries if e.marker is None and e.matches(name)]
+        return [e.key for e in self._naming(name) if e.marker is None]
 
     def is_revoked(self, name: str, key: paramiko.PKey) -> bool:
-        return any(
-            e.marker == "revoked" and same_key(e.key, key) and e.matches(name) for e in self.entries
-        )
+        return any(e.marker == "revoked" and same_key(e.key, key) for e in self._naming(name))
 
     def has_authority_for(self, name: str) -> bool:
-        return any(e.marker == "cert-authority" and e.matches(name) for e in self.entries)
+        return any(e.marker == "cert-authority" for e in self._naming(name))
 
     def add(self, name: str, key: paramiko.PKey) -> None:
         self.entries.append(Entry(None, (name,), key))

@@ -269,6 +269,13 @@ def test_known_hosts_reads_what_openssh_reads() -> None:
     assert knownhosts.same_key(table.keys_for("[h.example.com]:2222")[0], d)
     assert not table.keys_for("h.example.com")
     assert table.is_revoked("anything", b) and not table.is_revoked("anything", a)
+    # plain names are looked up by name (a fleet's file has thousands of lines): still
+    # case-insensitive, one key per line even when a line repeats a name, and lines
+    # added after a lookup are found
+    plain = knownhosts.parse(line("Mixed.Example.com,mixed.example.com", c))
+    assert len(plain.keys_for("mixed.EXAMPLE.com")) == 1
+    plain.add("late.example.com", d)
+    assert knownhosts.same_key(plain.keys_for("late.example.com")[0], d)
     assert table.has_authority_for("x.example.com") and not table.has_authority_for("x.org")
 
 
