@@ -584,18 +584,20 @@ def _handshake(
     client = paramiko.SSHClient()
     closers.append(client)
     files = _known_hosts_files(target, options)
-    tables = [known_host_keys(p) for p in (*files, *target.global_known_hosts)]
     name = target.known_hosts_name  # the name known_hosts lists the server by
-    known = [key for table in tables for key in table.keys_for(name)]
+    lines = [
+        e for p in (*files, *target.global_known_hosts) for e in known_host_keys(p).naming(name)
+    ]
+    known = [e.key for e in lines if e.marker is None]
     types = [key.get_name() for key in known]
     for key in known:  # paramiko holds one key per type: several go to the policy
         if types.count(key.get_name()) == 1:
             client.get_host_keys().add(name, key.get_name(), key)
 
     def revoked(key: paramiko.PKey) -> bool:
-        return any(table.is_revoked(name, key) for table in tables)
+        return any(e.marker == "revoked" and knownhosts.same_key(e.key, key) for e in lines)
 
-    authority = any(table.has_authority_for(name) for table in tables)
+    authority = any(e.marker == "cert-authority" for e in lines)
     accept = _accepts_new_keys(target, options)
     client.set_missing_host_key_policy(
         _KnownHostsPolicy(files[0], accept, known, revoked, authority)

@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class KnownHosts:
     _others: list[Entry] = field(default_factory=list, repr=False)
     _indexed: int = field(default=0, repr=False)  # entries[:_indexed] are in the index
 
-    def _naming(self, name: str) -> list[Entry]:
+    def naming(self, name: str) -> list[Entry]:
         """The lines that name host `name`, in file order within each kind."""
         for entry in self.entries[self._indexed :]:
             if any(h.startswith(("|", "!")) or "*" in h or "?" in h for h in entry.hosts):
@@ -70,13 +71,13 @@ class KnownHosts:
 
     def keys_for(self, name: str) -> list[paramiko.PKey]:
         """Keys trusted for `name` (plain lines only)."""
-        return [e.key for e in self._naming(name) if e.marker is None]
+        return [e.key for e in self.naming(name) if e.marker is None]
 
     def is_revoked(self, name: str, key: paramiko.PKey) -> bool:
-        return any(e.marker == "revoked" and same_key(e.key, key) for e in self._naming(name))
+        return any(e.marker == "revoked" and same_key(e.key, key) for e in self.naming(name))
 
     def has_authority_for(self, name: str) -> bool:
-        return any(e.marker == "cert-authority" for e in self._naming(name))
+        return any(e.marker == "cert-authority" for e in self.naming(name))
 
     def add(self, name: str, key: paramiko.PKey) -> None:
         self.entries.append(Entry(None, (name,), key))
@@ -164,8 +165,6 @@ def load(path: Path) -> KnownHosts:
 
 def append(path: Path, name: str, key: paramiko.PKey) -> None:
     """Save a newly accepted key to `path` (mode 0600), and to its parsed copy."""
-    import os
-
     line = f"{name} {key.get_name()} {key.get_base64()}\n"
     with LOCK:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -58,14 +58,10 @@ def _available_memory() -> int | None:
     return None
 
 
-# groups of hosts loaded at once, each holding one batch in memory (see load_mirror)
-WORKERS = max(
-    1,
-    int(
-        os.environ.get("FLEETSTATE_LOAD_WORKERS")
-        or default_workers(os.cpu_count(), _available_memory())
-    ),
-)
+# groups of hosts loaded at once, each holding one batch in memory (see load_mirror);
+# None: default_workers, decided when a load starts
+_env_workers = os.environ.get("FLEETSTATE_LOAD_WORKERS")
+WORKERS: int | None = max(1, int(_env_workers)) if _env_workers else None
 HEAD_BYTES = 4096  # fingerprint of a file's start, to notice a replaced file
 SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
 
@@ -142,7 +138,8 @@ def load_mirror(
     commits its rows with their cursors."""
     found = discover(mirror_dir, hosts)
     cursors = _read_cursors(con)
-    groups = _split(found, WORKERS)
+    workers = WORKERS or default_workers(os.cpu_count(), _available_memory())
+    groups = _split(found, workers)
     if len(groups) <= 1:
         return _load_hosts(con, found, cursors, progress, threading.Event())
     return _load_groups(con, groups, cursors, progress)

@@ -115,17 +115,18 @@ def print_table(frame: Frame, title: str | None, styles: dict[str, Any]) -> None
     )
     names = list(frame.columns)
     header = [n.upper() for n in names]
-    lines = [[_cell(v) for v in row] for row in frame.iter_rows(named=False)]
+    lines: list[list[str]] = []
+    looks: list[list[str | None]] = []
+    for row in frame.iter_rows(named=False):  # one pass: a polars frame converts each time
+        lines.append([_cell(v) for v in row])
+        pairs = zip(names, row, strict=True)
+        looks.append([styles[n](v) if n in styles else None for n, v in pairs])
     widths = [_width(h) for h in header]
     for cells in lines:
         widths = [max(w, _width(c)) for w, c in zip(widths, cells, strict=True)]
-    out = []
-    if title:
-        out.append(_paint(title, "bold", color))
+    out = [_paint(title, "bold", color)] if title else []
     out.append(_join(header, widths, ["bold"] * len(names), color))
-    for row, cells in zip(frame.iter_rows(named=False), lines, strict=True):
-        looks = [styles[n](v) if n in styles else None for n, v in zip(names, row, strict=True)]
-        out.append(_join(cells, widths, looks, color))
+    out += [_join(cells, widths, look, color) for cells, look in zip(lines, looks, strict=True)]
     sys.stdout.write("\n".join(out) + "\n")
     if not lines:
         sys.stderr.write("(no rows)\n")

@@ -29,6 +29,7 @@ from common import (
     emit,
     env_with_db,
     note,
+    read_json_ctas,
     run_timed,
 )
 from gen_history import ensure
@@ -36,24 +37,6 @@ from gen_history import ensure
 FULL = [(1000, 250), (1000, 500), (1000, 1000)]
 QUICK = [(100, 100), (100, 200), (100, 400)]
 REPEAT = 2  # best of: the machine is shared
-
-
-def read_json_seconds(mirror: Path, work: Path) -> float:
-    import time
-
-    db = work / "read_json.duckdb"
-    db.unlink(missing_ok=True)
-    con = duckdb.connect(str(db))
-    start = time.perf_counter()
-    con.execute(
-        "CREATE TABLE t AS SELECT * FROM read_json(?, format = 'newline_delimited', "
-        "ignore_errors = true)",
-        [str(mirror / "*" / "history.jsonl")],
-    )
-    con.close()
-    elapsed = time.perf_counter() - start
-    db.unlink(missing_ok=True)
-    return elapsed
 
 
 def ingest_seconds(mirror: Path, db: Path, fresh: bool = True) -> tuple[float, int]:
@@ -70,7 +53,7 @@ def measure(hosts: int, runs: int, work: Path) -> tuple[float, float, float, int
     db = work / "fleet.duckdb"
     base, load, noop, peak = [], [], [], []
     for _ in range(REPEAT):
-        base.append(read_json_seconds(mirror, work))
+        base.append(read_json_ctas(mirror, work / "read_json.duckdb")[0])
         wall, rss = ingest_seconds(mirror, db)
         load.append(wall)
         peak.append(rss)

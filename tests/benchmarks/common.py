@@ -111,3 +111,23 @@ def env_with_db(db: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["FLEETSTATE_DB"] = str(db)
     return env
+
+
+def read_json_ctas(mirror: Path, db: Path) -> tuple[float, float]:
+    """(wall, CPU seconds of all threads) of the baseline of figure 1, in this process:
+    `CREATE TABLE t AS SELECT * FROM read_json(...)` over the mirror's histories into a
+    fresh DuckDB file `db`, which is removed afterwards."""
+    import duckdb
+
+    db.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    wall, cpu = time.perf_counter(), time.process_time()
+    con.execute(
+        "CREATE TABLE t AS SELECT * FROM read_json(?, format = 'newline_delimited', "
+        "ignore_errors = true)",
+        [str(mirror / "*" / "history.jsonl")],
+    )
+    con.close()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    db.unlink(missing_ok=True)
+    return wall, cpu

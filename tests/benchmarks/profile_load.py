@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from common import BENCH_DATA, ROOT, Figure, emit, note
+from common import BENCH_DATA, ROOT, Figure, emit, note, read_json_ctas
 from gen_history import ensure
 
 sys.path.insert(0, str(ROOT))
@@ -66,19 +66,6 @@ class TimedConnection:
         return getattr(self.con, name)
 
 
-def read_json(mirror: Path, work: Path) -> tuple[float, float]:
-    db = work / "read_json.duckdb"
-    con = duckdb.connect(str(db))
-    wall, cpu = time.perf_counter(), time.process_time()
-    con.execute(
-        "CREATE TABLE t AS SELECT * FROM read_json(?, format = 'newline_delimited', "
-        "ignore_errors = true)",
-        [str(mirror / "*" / "history.jsonl")],
-    )
-    con.close()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def loader(mirror: Path, work: Path) -> tuple[float, float, dict[str, list[float]]]:
     con = warehouse.connect(work / "fleet.duckdb")
     timed = TimedConnection(con)
@@ -100,7 +87,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="profile-load-"))
     try:
-        base_wall, base_cpu = read_json(mirror, work)
+        base_wall, base_cpu = read_json_ctas(mirror, work / "read_json.duckdb")
         wall, cpu, spent = loader(mirror, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
