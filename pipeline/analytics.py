@@ -30,6 +30,12 @@ class Rollout:
         value = self.summary["pct_converged"][0]
         return None if value is None else float(value)
 
+    def meets(self, min_pct: float) -> bool:
+        """At least `min_pct` percent of the hosts in scope converged, compared exactly (the
+        summary's pct_converged is rounded); never with no hosts in scope."""
+        s = self.summary.row(0, named=True)
+        return bool(s["hosts"]) and s["converged"] * 100 >= min_pct * s["hosts"]
+
     @property
     def complete(self) -> bool:
         """Nobody who still reports is left to converge."""

@@ -166,6 +166,11 @@ def ingest(
             if stats.pending_bytes
             else ""
         )
+        + (
+            f"; {stats.aliases_skipped} files skipped: links to files of other hosts"
+            if stats.aliases_skipped
+            else ""
+        )
     )
     if failed:
         raise typer.Exit(Exit.PARTIAL)
@@ -250,18 +255,39 @@ def rollout(
             _ingest_quietly(ingest_targets, from_dir)
         # after an ingest in this process, reopen the warehouse the way the ingest did
         result = _rollout_once(sha, role, stale_hours, read_only=not ingesting)
-        if watch and fmt is Format.table and sys.stdout.isatty():
-            print("\033[H\033[2J", end="")
-        views.emit_rollout_depth(result, fmt.value, part.value if part else None)
         refreshes += 1
-        gate_met = min_pct is not None and (result.pct_converged or 0) >= min_pct
-        if not watch or result.complete or gate_met or refreshes == iterations:
+        gate_met = min_pct is not None and result.meets(min_pct)
+        last = not watch or result.complete or gate_met or refreshes == iterations
+        if fmt is Format.table:
+            if watch and sys.stdout.isatty():
+                print("\033[H\033[2J", end="")
+            views.emit_rollout_depth(result, fmt.value, part.value if part else None)
+        elif last:  # json and csv: one document on stdout, the refreshes before on stderr
+            views.emit_rollout_depth(result, fmt.value, part.value if part else None)
+        else:
+            _progress(_rollout_line(result))
+        if last:
             break
         time.sleep(interval)
-    pct = result.pct_converged
-    if min_pct is not None and (pct is None or pct < min_pct):
-        _progress(f"gate not met: {pct or 0}% converged < {min_pct}%")
+    if min_pct is not None and not result.meets(min_pct):
+        s = result.summary.row(0, named=True)
+        if not s["hosts"]:
+            _progress(f"gate not met: no hosts in scope (--min {min_pct:g}%)")
+        else:
+            share = 100 * s["converged"] / s["hosts"]
+            _progress(
+                f"gate not met: {s['converged']} of {s['hosts']} hosts converged "
+                f"({share:.4g}%) < {min_pct:g}%"
+            )
         raise typer.Exit(Exit.GATE)
+
+
+def _rollout_line(result: Rollout) -> str:
+    s = result.summary.row(0, named=True)
+    return (
+        f"{s['converged']} of {s['hosts']} hosts converged; {s['failed']} failed, "
+        f"{s['pending']} pending, {s['regressed']} regressed, {s['unreported']} unreported"
+    )
 
 
 def _rollout_once(sha: str, role: str | None, stale_hours: int, read_only: bool) -> Rollout:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from pipeline import records
+from pipeline import records, warehouse
 from pipeline.errors import FleetstateError
 
 if TYPE_CHECKING:
@@ -62,7 +62,10 @@ def _available_memory() -> int | None:
 # None: default_workers, decided when a load starts
 _env_workers = os.environ.get("FLEETSTATE_LOAD_WORKERS")
 WORKERS: int | None = max(1, int(_env_workers)) if _env_workers else None
-HEAD_BYTES = 4096  # fingerprint of a file's start, to notice a replaced file
+# a file's fingerprint covers its first bytes and the bytes before the cursor, so a file
+# replaced (not appended to) is noticed even when its start is unchanged
+HEAD_BYTES = 4096
+FINGERPRINT = "v2:"  # cursors saved before carry the sha256 of the first bytes only
 SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
 
 
@@ -83,6 +86,7 @@ class LoadStats:
     rejects_added: int = 0
     observations_added: int = 0
     pending_bytes: int = 0  # an unterminated final line, left for the next load
+    aliases_skipped: int = 0  # files reached again through another host's directory (links)
 
     def merge(self, other: LoadStats) -> None:
         for name in self.__dataclass_fields__:
@@ -137,17 +141,55 @@ def load_mirror(
     files stay in one group, so repeats never cross groups, and every transaction still
     commits its rows with their cursors."""
     found = discover(mirror_dir, hosts)
+    files, aliases = _claim_files(found)
     cursors = _read_cursors(con)
     workers = WORKERS or default_workers(os.cpu_count(), _available_memory())
-    groups = _split(found, workers)
+    groups = _split(files, workers)
     if len(groups) <= 1:
-        return _load_hosts(con, found, cursors, progress, threading.Event())
-    return _load_groups(con, groups, cursors, progress)
+        stats = _load_hosts(con, files, cursors, progress, threading.Event())
+    else:
+        stats = _load_groups(con, groups, cursors, progress)
+    stats.aliases_skipped = aliases
+    return stats
+
+
+# a host's input files: (host, path, cursor key = the resolved path)
+HostFiles = tuple[str, list[tuple[Path, str]]]
+
+
+def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int]:
+    """Each host's input files, every file under exactly one host, and how many were left out.
+
+    A file reached through two host directories (a symbolic link to another host's
+    directory or file) is loaded once: under the host whose path to it has no link, or
+    else the first host by name. Loading it twice would store its runs under both names,
+    and two groups of hosts would race for its cursor."""
+    owners: dict[str, tuple[bool, str]] = {}
+    listed: list[tuple[str, list[tuple[Path, str, bool]]]] = []
+    for host, hdir in found:
+        mine = []
+        for path in (hdir / HISTORY, hdir / OBSERVATIONS, hdir / STATE_FILE):
+            if not path.is_file():
+                continue
+            key = str(path.resolve())
+            linked = hdir.is_symlink() or path.is_symlink()
+            mine.append((path, key, linked))
+            best = owners.get(key)
+            if best is None or (best[0] and not linked):
+                owners[key] = (linked, host)
+        listed.append((host, mine))
+    files: list[HostFiles] = []
+    skipped = 0
+    for host, mine in listed:
+        kept = [(path, key) for path, key, _ in mine if owners[key][1] == host]
+        skipped += len(mine) - len(kept)
+        files.append((host, kept))
+    return files, skipped
 
 
 def _load_groups(
     con: duckdb.DuckDBPyConnection,
-    groups: list[list[tuple[str, Path]]],
+    groups: list[list[HostFiles]],
     cursors: dict[str, tuple[int, str | None]],
     progress: ProgressFn | None,
 ) -> LoadStats:
@@ -167,8 +209,8 @@ def _load_groups(
 
         return shown
 
-    def run(i: int, group: list[tuple[str, Path]]) -> LoadStats:
-        worker = con.cursor()
+    def run(i: int, group: list[HostFiles]) -> LoadStats:
+        worker = warehouse.cursor(con)  # with the session's time zone: identities use it
         try:
             return _load_hosts(worker, group, cursors, report(i), stop)
         except BaseException:
@@ -197,18 +239,22 @@ def _load_groups(
     return _sum([f.result() for f in futures])
 
 
-def _split(found: list[tuple[str, Path]], n: int) -> list[list[tuple[str, Path]]]:
+def _split(found: list[HostFiles], n: int) -> list[list[HostFiles]]:
     """At most n contiguous groups of hosts with about equal history bytes each."""
     if n <= 1 or len(found) <= 1:
         return [found]
     sizes = []
-    for _, hdir in found:
-        try:
-            sizes.append((hdir / HISTORY).stat().st_size)
-        except OSError:
-            sizes.append(0)
+    for _, files in found:
+        size = 0
+        for path, _ in files:
+            if path.name == HISTORY:
+                try:
+                    size = path.stat().st_size
+                except OSError:
+                    pass
+        sizes.append(size)
     share = sum(sizes) / n
-    groups: list[list[tuple[str, Path]]] = [[]]
+    groups: list[list[HostFiles]] = [[]]
     filled = 0
     for entry, size in zip(found, sizes, strict=True):
         if filled >= share * len(groups) and len(groups) < n:
@@ -227,7 +273,7 @@ def _sum(parts: list[LoadStats]) -> LoadStats:
 
 def _load_hosts(
     con: duckdb.DuckDBPyConnection,
-    found: list[tuple[str, Path]],
+    found: list[HostFiles],
     cursors: dict[str, tuple[int, str | None]],
     progress: ProgressFn | None,
     stop: threading.Event,
@@ -236,16 +282,13 @@ def _load_hosts(
     # bytes read and unfinished lines are counted per file, and a file can span batches
     read = LoadStats()
     batch = Batch()
-    for host, hdir in found:
-        for path in (hdir / HISTORY, hdir / OBSERVATIONS, hdir / STATE_FILE):
-            if not path.is_file():
-                continue
+    for host, files in found:
+        for path, key in files:
             batch.stats.files += 1
-            key = str(path.resolve())
             for start, data in _new_chunks(path, cursors.get(key), read):
                 _stage(batch, host, path.name, key, start, data)
                 end = start + len(data)
-                batch.cursors.append((key, host, end, _head_sha(path, min(end, HEAD_BYTES))))
+                batch.cursors.append((key, host, end, _fingerprint(path, end)))
                 if batch.nbytes >= BATCH_BYTES:
                     if stop.is_set():
                         raise _Stopped
@@ -274,9 +317,24 @@ def _read_cursors(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str | 
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-def _head_sha(path: Path, upto: int) -> str:
+def _fingerprint(path: Path, end: int) -> str:
+    """The sha256 of the file's first HEAD_BYTES and of the HEAD_BYTES before `end`."""
+    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        return hashlib.sha256(fh.read(upto)).hexdigest()
+        head = fh.read(min(end, HEAD_BYTES))
+        digest.update(head)
+        if end > len(head):
+            fh.seek(max(len(head), end - HEAD_BYTES))
+            digest.update(fh.read(end - fh.tell()))
+    return FINGERPRINT + digest.hexdigest()
+
+
+def _unchanged(path: Path, offset: int, saved: str | None) -> bool:
+    """Whether the first `offset` bytes still look like those the cursor was saved after."""
+    if saved is not None and saved.startswith(FINGERPRINT):
+        return _fingerprint(path, offset) == saved
+    with path.open("rb") as fh:  # a cursor saved before fingerprints covered the tail
+        return hashlib.sha256(fh.read(min(offset, HEAD_BYTES))).hexdigest() == saved
 
 
 def _new_chunks(
@@ -290,8 +348,8 @@ def _new_chunks(
     whenever it changed, and its cursor is its size.
     """
     size = path.stat().st_size
-    offset, head = cursor if cursor else (0, None)
-    if offset > size or (offset and head != _head_sha(path, min(offset, HEAD_BYTES))):
+    offset, saved = cursor if cursor else (0, None)
+    if offset > size or (offset and not _unchanged(path, offset, saved)):
         offset = 0  # replaced or truncated: read again; run identity absorbs repeats
     if path.name == STATE_FILE:
         if offset != size or cursor is None:
@@ -430,7 +488,10 @@ def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         _save_cursors(con, batch.cursors, now)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # a failed COMMIT has ended the transaction: the first error is the one to show
         raise
     finally:
         for name in ("staged", "staged_files", "cursor_rows"):
@@ -586,7 +647,8 @@ def _insert_rejects(
     now: datetime,
     stats: LoadStats,
 ) -> None:
-    """Rejects keyed by (file, offset): re-reading a replaced file does not repeat them."""
+    """Rejects keyed by host, file name, offset and bytes: re-reading a replaced file, or the
+    same mirror from another directory (moved, copied), does not repeat them."""
     import pyarrow as pa
 
     if not rows:
@@ -605,8 +667,10 @@ def _insert_rejects(
         """
         INSERT INTO rejects
         SELECT t.host, t.source_path, t.byte_offset, t.reason, t.line, ? FROM reject_rows t
-        WHERE NOT EXISTS (SELECT 1 FROM rejects r WHERE r.source_path = t.source_path
-                          AND r.byte_offset = t.byte_offset AND r.line = t.line)
+        WHERE NOT EXISTS (SELECT 1 FROM rejects r WHERE r.host IS NOT DISTINCT FROM t.host
+                          AND r.byte_offset = t.byte_offset AND r.line = t.line
+                          AND regexp_extract(r.source_path, '[^/]*$')
+                              = regexp_extract(t.source_path, '[^/]*$'))
         """,
         [now],
     ).fetchone()

@@ -11,6 +11,7 @@ import duckdb
 import polars as pl
 
 from pipeline.errors import FleetstateError
+from pipeline.render import Rows
 
 _HEX = re.compile(r"[0-9a-fA-F]{7,40}")
 
@@ -71,18 +72,18 @@ def drift(con: duckdb.DuckDBPyConnection, since_s: int, role: str | None = None)
     )
 
 
-def sql(con: duckdb.DuckDBPyConnection, query: str) -> pl.DataFrame:
+def sql(con: duckdb.DuckDBPyConnection, query: str) -> Rows:
+    """The answer to any query, as plain Python values (so every DuckDB type, intervals and
+    unions included, can be shown); an error is one line."""
     try:
         rel = con.sql(query)
+        if rel is None:  # a statement without a result
+            return Rows([], [])
+        return Rows(list(rel.columns), rel.fetchall())
     except duckdb.Error as exc:
         raise FleetstateError(_one_line(exc)) from exc
-    if rel is None:
-        return pl.DataFrame()
-    try:
-        frame: pl.DataFrame = rel.pl()
-        return frame
-    except duckdb.Error as exc:
-        raise FleetstateError(_one_line(exc)) from exc
+    except (ValueError, OverflowError) as exc:  # a value Python cannot hold
+        raise FleetstateError(f"cannot show a value of the result: {_one_line(exc)}") from exc
 
 
 def _one_line(exc: BaseException) -> str:

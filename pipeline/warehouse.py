@@ -50,6 +50,8 @@ def connect(
     """
     if read_only and not path.exists():
         raise WarehouseError(f"no warehouse at {path}: run `fleetstate ingest` (or `demo`) first")
+    if path.is_file() and path.stat().st_size and not _is_duckdb_file(path):
+        raise WarehouseError(f"{path} is not a DuckDB warehouse (wrong --db or FLEETSTATE_DB?)")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     if wait_s is None:
@@ -68,11 +70,31 @@ def connect(
                     "try again when it has finished"
                 ) from exc
             time.sleep(0.2)
-    con.execute("SET TimeZone = 'UTC'")
+    _session(con)
     if not read_only:
         migrate(con)
         apply_queries(con)
     return con
+
+
+def _is_duckdb_file(path: Path) -> bool:
+    """DuckDB's files carry `DUCK` at byte 8 (DuckDB would open a .csv as a view instead)."""
+    with path.open("rb") as fh:
+        return fh.read(12)[8:12] == b"DUCK"
+
+
+def _session(con: duckdb.DuckDBPyConnection) -> None:
+    """Settings every connection to the warehouse runs with: timestamps are read, compared
+    and formatted in UTC (derived run identities depend on it), whatever the machine's zone."""
+    con.execute("SET TimeZone = 'UTC'")
+
+
+def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Another connection to the warehouse behind `con` (for a thread), with the same session
+    settings: DuckDB's `cursor()` shares the database but not the SET of its parent."""
+    worker = con.cursor()
+    _session(worker)
+    return worker
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:

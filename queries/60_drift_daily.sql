@@ -1,5 +1,7 @@
 -- Drift over time: per UTC day and role, the hosts that reported that day, judged by
--- their last run of the day.
+-- their last run of the day (every field below from that one run; the role is the last
+-- one the host reported that day, so a run that failed before reading its role keeps
+-- the host in its role).
 --   hosts, distinct_shas   hosts reporting; distinct commits of their last runs
 --   modal_sha, off_modal   the most common commit (ties: the smallest sha) and hosts not on it
 --   failing                hosts whose last run of the day failed
@@ -10,12 +12,17 @@
 --                          successfully by then; hosts never observed or never successful
 --                          are not counted
 CREATE OR REPLACE VIEW drift_daily AS
-WITH daily AS (
-    SELECT host, CAST(ts AS DATE) AS day,
-        arg_max(role, ts) AS role, arg_max(git_sha, ts) AS sha, arg_max(success, ts) AS ok,
-        arg_max(override_sha, ts) AS override_sha, arg_max(git_dirty, ts) AS dirty,
+WITH days AS (
+    -- a struct is never NULL, so arg_max takes the last run even where its values are NULL
+    SELECT host, CAST(ts AS DATE) AS day, arg_max(role, ts) AS role,
+        arg_max({'sha': git_sha, 'ok': success, 'o': override_sha, 'dirty': git_dirty}, ts)
+            AS last,
         arg_max({'o': override_sha, 'v': vault_sha}, ts) FILTER (WHERE success) AS ok_day
     FROM runs GROUP BY host, CAST(ts AS DATE)
+), daily AS (
+    SELECT host, day, role, last.sha AS sha, last.ok AS ok, last.o AS override_sha,
+        last.dirty AS dirty, ok_day
+    FROM days
 ), applied AS (
     SELECT *,
         CAST(day AS TIMESTAMPTZ) + INTERVAL 1 DAY AS day_end,

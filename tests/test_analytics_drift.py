@@ -149,3 +149,20 @@ def test_drift_command_json_and_chart(con: duckdb.DuckDBPyConnection, tmp_path: 
         app, ["--db", db, "drift", "--since", "60d", "--part", "intervals", "--host", "w1",
               "-f", "csv"])  # fmt: skip
     assert len(intervals.stdout.splitlines()) == 3
+
+
+def test_a_day_is_judged_by_its_last_run_even_where_that_run_knows_little(
+    tmp_path: Path,
+) -> None:
+    """h1 applied C1 with an override from a dirty checkout in the morning, then failed
+    before puppet ran (no commit, no override, no role known) in the evening: the day
+    counts its evening run, in the role the host reported that day."""
+    con = open_db(tmp_path)
+    add_run(con, "h1", t(1, 8), C1, override_sha=OV, git_dirty=True)
+    add_run(con, "h1", t(1, 20), None, ok=False, role=None, stage="prepare")
+    add_run(con, "h2", t(1, 9), C1)
+    row = con.execute(
+        "SELECT role, hosts, distinct_shas, modal_sha, off_modal, failing, with_override, dirty "
+        "FROM drift_daily"
+    ).fetchall()
+    assert row == [("web", 2, 1, C1, 1, 1, 0, 0)]

@@ -267,3 +267,67 @@ def test_rebuild_from_the_mirror_gives_the_same_warehouse(tmp_path: Path) -> Non
 def test_missing_warehouse_is_a_clear_error(tmp_path: Path) -> None:
     done = fs(tmp_path / "none.duckdb", "status")
     assert done.returncode == 1 and "no warehouse" in done.stderr
+
+
+def test_sql_shows_every_type_and_names_what_it_cannot(
+    sample: tuple[Path, samplefleet.SampleSummary],
+) -> None:
+    db, _ = sample
+    done = fs(
+        db, "sql", "SELECT host, now() - max(ts) AS age, INTERVAL 3 HOUR AS three, "
+        "union_value(k := 1) AS u, 1.50::DECIMAL(5, 2) AS d FROM runs GROUP BY host", "-f", "json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert rows and rows[0]["three"] == "3:00:00" and rows[0]["u"] == 1 and rows[0]["d"] == "1.50"
+    table = fs(db, "sql", "SELECT INTERVAL 90 MINUTE AS i")
+    assert table.returncode == 0 and "1:30:00" in table.stdout
+    bc = fs(db, "sql", "SELECT '0000-01-01'::TIMESTAMP AS t, 1 AS n")
+    assert bc.returncode == 0, bc.stderr  # shown as DuckDB writes it
+    assert "0001-01-01 (BC)" in bc.stdout
+    for query in ("SELECT 1 +", "SELECT * FROM nowhere"):
+        bad = fs(db, "sql", query)
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1, query
+        assert "Traceback" not in bad.stderr
+
+
+def _three_hosts(tmp_path: Path) -> Path:
+    """h1 and h2 applied SHA_A an hour ago, h3 SHA_B: 66.67% converged on SHA_A."""
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    for host, sha in (("h1", SHA_A), ("h2", SHA_A), ("h3", SHA_B)):
+        write_history(mirror, host, line(record(ago(hours=1), git_sha=sha, run_id=host)))
+    assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
+    return db
+
+
+def test_rollout_gate_compares_the_exact_share(tmp_path: Path) -> None:
+    db = _three_hosts(tmp_path)
+    assert fs(db, "rollout", SHA_A, "--min", "66.66").returncode == 0
+    for above in ("66.67", "66.7"):  # the summary shows 66.7, the share is 66.666...
+        done = fs(db, "rollout", SHA_A, "--min", above)
+        assert done.returncode == 3, above
+        assert "2 of 3 hosts converged (66.67%)" in done.stderr
+    none = fs(db, "rollout", SHA_A, "--role", "no-such-role", "--min", "0")
+    assert none.returncode == 3 and "no hosts in scope" in none.stderr
+
+
+def test_rollout_watch_as_json_writes_one_document(tmp_path: Path) -> None:
+    db = _three_hosts(tmp_path)
+    done = fs(
+        db, "rollout", SHA_A, "--watch", "--from", str(tmp_path / "m"), "--interval", "0",
+        "--iterations", "3", "--part", "summary", "--format", "json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (summary,) = json.loads(done.stdout)  # one array, of the last refresh
+    assert summary["converged"] == 2
+    assert done.stderr.count("2 of 3 hosts converged") == 2  # the refreshes before it
+
+
+def test_a_file_that_is_not_a_warehouse_is_named(tmp_path: Path) -> None:
+    for name in ("hosts.csv", "notes.txt"):
+        path = tmp_path / name
+        path.write_text("a,b\n1,2\n")
+        for command in (("status",), ("ingest", "--from", str(tmp_path))):
+            done = fs(path, *command)
+            assert done.returncode == 1 and "is not a DuckDB warehouse" in done.stderr, done.stderr
+        assert path.read_text() == "a,b\n1,2\n"

@@ -235,10 +235,10 @@ def test_groups_of_hosts_load_what_one_loader_does(
 
 def test_split_keeps_hosts_contiguous_and_balanced(tmp_path: Path) -> None:
     sizes = [900, 10, 10, 10, 400, 400, 100]
-    found = []
     for i, size in enumerate(sizes):
         write_history(tmp_path, f"h{i}", b"x" * size)
-        found.append((f"h{i}", tmp_path / f"h{i}"))
+    found, skipped = load._claim_files(load.discover(tmp_path))
+    assert skipped == 0
     groups = load._split(found, 2)
     # 930 and 900 bytes: a group closes once it holds its share (915)
     assert [[h for h, _ in g] for g in groups] == [["h0", "h1", "h2"], ["h3", "h4", "h5", "h6"]]
@@ -284,3 +284,112 @@ def test_default_groups_follow_cores_and_available_memory() -> None:
     assert load.default_workers(4, 2 * gib) == 2  # two groups use at most 1 GiB
     assert load.default_workers(4, 2 * gib - 1) == 1  # less: one group
     assert load.default_workers(4, 100 << 20) == 1  # never none
+
+
+def test_derived_identities_do_not_depend_on_the_time_zone_or_the_groups(tmp_path: Path) -> None:
+    """Records without run_id get an identity derived from their values; the groups' own
+    connections must format timestamps in UTC like the main one, or one mirror loaded with
+    one and with two groups (on a machine outside UTC) gives two identities per run."""
+    mirror = tmp_path / "m"
+    for h in range(4):
+        body = b"".join(
+            line(seed_record(ts=f"2026-11-0{d + 1}T23:30:00Z", duration_s=h)) for d in range(5)
+        )
+        write_history(mirror, f"host{h}", body)
+    found = []
+    for workers in ("1", "2"):
+        db = tmp_path / f"w{workers}.duckdb"
+        env = {**os.environ, "TZ": "America/New_York", "FLEETSTATE_LOAD_WORKERS": workers}
+        cmd = [sys.executable, "-m", "pipeline", "--db", str(db), "ingest", "--from", str(mirror)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        con = warehouse.connect(db, read_only=True)
+        found.append(con.execute("SELECT host, run_id FROM runs ORDER BY ALL").fetchall())
+        con.close()
+    assert len(found[0]) == 20 and found[0] == found[1]
+    assert all(run_id.startswith("derived-") for _, run_id in found[0])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_file_reached_through_a_link_is_loaded_once_under_its_own_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    mirror = tmp_path / "m"
+    for host in ("a-host", "z-host"):
+        write_history(mirror, host, b"".join(line(record(run_id=f"{host}-{i}")) for i in range(30)))
+    (mirror / "b-alias").symlink_to("z-host")  # sorts before the directory it points to
+    (mirror / "c-host").mkdir()
+    (mirror / "c-host" / "history.jsonl").symlink_to(mirror / "a-host" / "history.jsonl")
+    monkeypatch.setattr(load, "WORKERS", workers)
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    stats = load.load_mirror(con, mirror)
+    assert (stats.runs_added, stats.aliases_skipped) == (60, 2)
+    hosts = con.execute("SELECT host, count(*) FROM runs GROUP BY host ORDER BY host").fetchall()
+    assert hosts == [("a-host", 30), ("z-host", 30)]
+    write_history(mirror, "z-host", line(record(run_id="z-host-new")))
+    again = load.load_mirror(con, mirror)
+    assert (again.runs_added, again.bytes_read) == (1, len(line(record(run_id="z-host-new"))))
+    _consistent(con)
+
+
+def test_a_failed_commit_reports_its_own_error_not_the_rollback(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = tmp_path / "m"
+    write_history(mirror, HOST, line(record(run_id="a")))
+
+    def broken_cursors(con: duckdb.DuckDBPyConnection, *args: object) -> None:
+        con.execute("COMMIT")  # ends the transaction early, as a failed COMMIT does
+        raise duckdb.ConstraintException("the real problem")
+
+    monkeypatch.setattr(load, "_save_cursors", broken_cursors)
+    with pytest.raises(duckdb.ConstraintException, match="the real problem"):
+        load.load_mirror(con, mirror)
+
+
+def test_moving_the_mirror_repeats_no_rejects(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    mirror = tmp_path / "m"
+    write_history(mirror, HOST, line(record(run_id="a")) + b"oops\n" + line(record(run_id="b")))
+    write_observation(mirror, HOST, observed_at="not a time")
+    assert load.load_mirror(con, mirror).rejects_added == 2
+    moved = mirror.rename(tmp_path / "elsewhere")
+    stats = load.load_mirror(con, moved)
+    assert stats.bytes_read > 0  # a new path: read again, and nothing added twice
+    assert (stats.runs_added, stats.rejects_added) == (0, 0)
+    assert counts(con) == (2, 2, 0)
+
+
+def test_a_file_replaced_after_an_unchanged_start_is_read_again(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    mirror = tmp_path / "m"
+    first = [line(record(run_id=f"same-{i}", duration_s=i)) for i in range(10)]
+    assert sum(map(len, first)) > load.HEAD_BYTES  # the start alone cannot tell them apart
+    before = [line(record(run_id=f"old-{i}")) for i in range(10)]
+    path = write_history(mirror, HOST, b"".join(first + before))
+    assert load.load_mirror(con, mirror).runs_added == 20
+    after = [line(record(run_id=f"new-{i}")) for i in range(10)]  # same length, new runs
+    assert sum(map(len, after)) == sum(map(len, before))
+    path.write_bytes(b"".join(first + after))
+    stats = load.load_mirror(con, mirror)
+    assert stats.runs_added == 10
+    assert counts(con)[0] == 30
+
+
+def test_a_cursor_saved_with_the_old_fingerprint_is_still_trusted(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    import hashlib
+
+    mirror = tmp_path / "m"
+    path = write_history(mirror, HOST, line(record(run_id="a")))
+    load.load_mirror(con, mirror)
+    old = hashlib.sha256(path.read_bytes()[: load.HEAD_BYTES]).hexdigest()
+    con.execute("UPDATE load_cursors SET head_sha = ?", [old])
+    write_history(mirror, HOST, line(record(run_id="b")))
+    stats = load.load_mirror(con, mirror)
+    assert (stats.bytes_read, stats.runs_added) == (len(line(record(run_id="b"))), 1)
+    saved = con.execute("SELECT head_sha FROM load_cursors").fetchall()
+    assert saved[0][0].startswith(load.FINGERPRINT)

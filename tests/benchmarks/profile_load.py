@@ -70,8 +70,8 @@ def loader(mirror: Path, work: Path) -> tuple[float, float, dict[str, list[float
     con = warehouse.connect(work / "fleet.duckdb")
     timed = TimedConnection(con)
     wall, cpu = time.perf_counter(), time.process_time()
-    found = load.discover(mirror)
-    load._load_hosts(timed, found, {}, None, threading.Event())  # type: ignore[arg-type]
+    files, _ = load._claim_files(load.discover(mirror))
+    load._load_hosts(timed, files, {}, None, threading.Event())  # type: ignore[arg-type]
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     con.close()
     return wall, cpu, timed.spent
