@@ -172,7 +172,11 @@ def ingest(
             else ""
         )
     )
-    if failed:
+    for problem in stats.unreadable[:20]:
+        _progress(f"not read: {problem}")
+    if len(stats.unreadable) > 20:
+        _progress(f"not read: {len(stats.unreadable) - 20} more files")
+    if failed or stats.unreadable:
         raise typer.Exit(Exit.PARTIAL)
 
 

@@ -87,9 +87,10 @@ class LoadStats:
     observations_added: int = 0
     pending_bytes: int = 0  # an unterminated final line, left for the next load
     aliases_skipped: int = 0  # files reached again through another host's directory (links)
+    unreadable: list[str] = field(default_factory=list)  # "path: why" of files not read
 
     def merge(self, other: LoadStats) -> None:
-        for name in self.__dataclass_fields__:
+        for name in self.__dataclass_fields__:  # numbers add up, lists join
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -285,10 +286,9 @@ def _load_hosts(
     for host, files in found:
         for path, key in files:
             batch.stats.files += 1
-            for start, data in _new_chunks(path, cursors.get(key), read):
+            for start, data, end, mark in _readable_chunks(path, cursors.get(key), read):
                 _stage(batch, host, path.name, key, start, data)
-                end = start + len(data)
-                batch.cursors.append((key, host, end, _fingerprint(path, end)))
+                batch.cursors.append((key, host, end, mark))
                 if batch.nbytes >= BATCH_BYTES:
                     if stop.is_set():
                         raise _Stopped
@@ -298,7 +298,28 @@ def _load_hosts(
     _commit(con, batch)
     _add_committed(total, read, batch.stats, progress)
     total.bytes_read, total.pending_bytes = read.bytes_read, read.pending_bytes
+    total.unreadable = read.unreadable
     return total
+
+
+def _readable_chunks(
+    path: Path, cursor: tuple[int, str | None] | None, read: LoadStats
+) -> Iterator[tuple[int, memoryview, int, str]]:
+    """_new_chunks with each piece's end and fingerprint. A file that cannot be read (no
+    permission, an I/O error) ends early and is named in `read.unreadable`: what was read
+    of it loads, its cursor stays there, and the other files load as usual."""
+    chunks = _new_chunks(path, cursor, read)
+    while True:
+        try:
+            start, data = next(chunks)
+            end = start + len(data)
+            mark = _fingerprint(path, end)
+        except StopIteration:
+            return
+        except OSError as exc:
+            read.unreadable.append(f"{path}: {exc.strerror or exc}")
+            return
+        yield start, data, end, mark
 
 
 def _add_committed(

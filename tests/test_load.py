@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -393,3 +394,28 @@ def test_a_cursor_saved_with_the_old_fingerprint_is_still_trusted(
     assert (stats.bytes_read, stats.runs_added) == (len(line(record(run_id="b"))), 1)
     saved = con.execute("SELECT head_sha FROM load_cursors").fetchall()
     assert saved[0][0].startswith(load.FINGERPRINT)
+
+
+def test_an_unreadable_file_is_named_and_the_others_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root reads any file, so the failure is injected where the loader opens the file."""
+    mirror = tmp_path / "m"
+    for host in ("a", "b", "c"):
+        write_history(mirror, host, line(record(run_id=f"{host}-1")))
+    real_open = Path.open
+
+    def open_(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.parent.name == "b" and self.name == "history.jsonl":
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+    con = warehouse.connect(tmp_path / "w.duckdb")
+    stats = load.load_mirror(con, mirror)
+    assert stats.runs_added == 2
+    assert len(stats.unreadable) == 1 and "b/history.jsonl: Permission denied" in stats.unreadable[0]
+    monkeypatch.setattr(Path, "open", real_open)
+    later = load.load_mirror(con, mirror)  # readable again: it loads, nothing else repeats
+    assert (later.runs_added, later.unreadable) == (1, [])
+    _consistent(con)
