@@ -1,4 +1,5 @@
-"""The questions operators ask, as queries over the warehouse, answered as polars DataFrames.
+"""The questions operators ask, as queries over the warehouse, answered as polars DataFrames
+(ad-hoc `sql` as plain rows, so that any DuckDB type can be shown).
 
 Rendering (table, json, csv) lives in render.py; this module only asks.
 """
