@@ -8,4 +8,5 @@ class Exit(IntEnum):
     ERROR = 1  # a clear one-line message on stderr
     USAGE = 2
     GATE = 3  # a --min threshold was not met
-    PARTIAL = 4  # ingest: some hosts could not be collected or some mirror files read; the rest loaded
+    # ingest: some hosts could not be collected, or some mirror files read; the rest loaded
+    PARTIAL = 4

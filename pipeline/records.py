@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 SCHEMA_VERSION = 1
 MAX_LINE_BYTES = 1 << 20  # a record is ~600 bytes; a 1 MiB line is not a record
@@ -68,10 +70,21 @@ _KIND_WORDS = {
     "sha256": "a 64-hex sha256",
     "timestamp": "an ISO 8601 timestamp",
 }
+# A timestamp: date, time to the second, up to 9 digits of fraction, then `Z` or an offset
+# the world uses (-12:00 to +14:00, colon optional). ASCII digits only; the same pattern
+# serves DuckDB's RE2 (runs) and Python's re (observations).
+TIMESTAMP_RE = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"(Z|\+((0[0-9]|1[0-3]):?[0-5][0-9]|14:?00)|-((0[0-9]|1[01]):?[0-5][0-9]|12:?00))"
+)
+# A timestamp is possible when it is a real date and time of day (hour 00..23) between
+# these instants: no puppet run predates the epoch, and years past 9999 do not render.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 _FORMAT_RE = {
     "sha1": "[0-9a-fA-F]{40}",
     "sha256": "[0-9a-fA-F]{64}",
-    "timestamp": r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})",
+    "timestamp": TIMESTAMP_RE,
 }
 # integer fields: (min, max) accepted
 _INT_RANGE = {
@@ -110,9 +123,16 @@ def _rules(f: Field, t: str, v: str) -> tuple[str | None, list[tuple[str, str]]]
         checks.append((f"{t} = 'NULL'", _lit(f.name + " is null")))
     else:
         accept = f"{t} IS NULL OR {t} = 'NULL' OR ({t} = 'VARCHAR' AND {v} IN ('', 'null'))"
+    wrong_type = f"{t} NOT IN ({ok_types})"
+    if f.kind == "int":
+        # json_type says DOUBLE for an integer beyond 64 bits: its text is only digits, and
+        # the range check below names it as out of range
+        wrong_type += (
+            f" AND NOT ({t} = 'DOUBLE' AND regexp_full_match(CAST({v} AS VARCHAR), '-?[0-9]+'))"
+        )
     checks.append(
         (
-            f"{t} NOT IN ({ok_types})",
+            wrong_type,
             f"{_lit(f.name + ': expected ' + _KIND_WORDS[f.kind] + ', got ')} || lower({t})",
         )
     )
@@ -124,9 +144,13 @@ def _rules(f: Field, t: str, v: str) -> tuple[str | None, list[tuple[str, str]]]
             )
         )
         if f.kind == "timestamp":
+            # characters 12-13 are the hour (the format holds); DuckDB reads hour 24 as the
+            # next day, Python refuses it: both paths and observations refuse it
+            first, last = (_lit(x.isoformat(sep=" ")) for x in (EARLIEST, LATEST))
             checks.append(
                 (
-                    f"try_cast({v} AS TIMESTAMPTZ) IS NULL",
+                    f"NOT coalesce(substr({v}, 12, 2) < '24' AND try_cast({v} AS TIMESTAMPTZ) "
+                    f"BETWEEN CAST({first} AS TIMESTAMPTZ) AND CAST({last} AS TIMESTAMPTZ), false)",
                     f"{_lit(f.name + ': impossible date or time: ')} || left({v}, 80)",
                 )
             )
@@ -137,7 +161,7 @@ def _rules(f: Field, t: str, v: str) -> tuple[str | None, list[tuple[str, str]]]
         checks.append(
             (
                 f"try_cast({v} AS BIGINT) IS NULL OR try_cast({v} AS BIGINT) NOT BETWEEN {lo} AND {hi}",
-                f"{_lit(what)} || {v}{tail}",
+                f"{_lit(what)} || left({v}, 80){tail}",
             )
         )
     return accept, checks
@@ -262,7 +286,8 @@ def fast_sql(staged: str) -> str:
     true or false), there is no unknown, repeated or reordered key and no whitespace,
     and slow_sql reads exactly these values from it. The field rules are then slow_sql's
     own (_fast_valid_sql). tests/test_load_perf_invariants.py checks the two paths agree
-    on generated lines.
+    on generated lines. (So the fast path never takes a line slow_sql rejects as a whole:
+    a repeated key, a trailing comma, NaN or Infinity are never in the canonical text.)
     """
     struct = (
         "{"
@@ -276,7 +301,7 @@ def fast_sql(staged: str) -> str:
 WITH parsed AS (
     SELECT s.file_idx, s.byte_offset, s.line, s.pre_reason,
         CASE WHEN s.pre_reason IS NULL AND starts_with(s.line, '{{')
-            AND suffix(s.line, '}}' || chr(10)) AND strlen(s.line) <= {MAX_LINE_BYTES}
+            AND suffix(s.line, '}}' || chr(10)) AND strlen(s.line) <= {MAX_LINE_BYTES + 1}
             AND NOT contains(s.line, '\\') AND NOT contains(s.line, chr(0))
             THEN TRY(from_json(s.line, {_lit(struct)})) END AS r
     FROM {staged} s
@@ -301,10 +326,22 @@ SELECT *, hash(host, run_id) AS h FROM (
 """
 
 
+# DuckDB's json_valid is lenient where JSON is not: it takes trailing commas and NaN,
+# Infinity, inf and nan in any case. Outside strings such text is only these extensions
+# (JSON's own words are true, false and null), so a line is strict JSON when, with its
+# strings blanked, it has none of _LENIENT. Only lines with _LENIENT anywhere are
+# blanked; load.py then has Python name the error and its column (refine_json_reason).
+_LENIENT = r"(?i)nan|inf|,\s*[}\]]"
+_JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+
+
 def slow_sql(lines: str) -> str:
     """The slow path: a SELECT over `lines` (file_idx, host, source, source_path, byte_offset,
     line, pre_reason): every line with its typed columns and a reason (NULL when the line is
-    a valid run), names the exact problem of any line, keeps unknown fields in `extra`."""
+    a valid run), names the exact problem of any line, keeps unknown fields in `extra`.
+
+    A line is judged as a whole first (encoding, length, strict JSON, an object, no key
+    twice: which value would count is not clear), then field by field."""
     paths = "[" + ", ".join(_lit("$." + n) for n in KNOWN) + "]"
     known_list = "[" + ", ".join(_lit(n) for n in KNOWN) + "]"
     reasons = ",\n        ".join(
@@ -319,12 +356,15 @@ WITH checked AS (
         CASE
             WHEN s.pre_reason IS NOT NULL THEN s.pre_reason
             WHEN s.source = 'history' AND s.line IN ('', chr(10)) THEN 'empty line'
-            WHEN s.source = 'history' AND strlen(s.line) > {MAX_LINE_BYTES}
-                THEN 'line too long: ' || strlen(s.line) || ' bytes (limit {MAX_LINE_BYTES})'
+            WHEN s.source = 'history' AND strlen(s.line) - suffix(s.line, chr(10))::INTEGER > {MAX_LINE_BYTES}
+                THEN 'line too long: ' || (strlen(s.line) - suffix(s.line, chr(10))::INTEGER) || ' bytes (limit {MAX_LINE_BYTES})'
             WHEN s.source = 'history' AND starts_with(s.line, chr(65279)) THEN 'byte order mark at start of line'
             WHEN s.source = 'history' AND suffix(s.line, chr(13) || chr(10)) THEN 'CRLF line ending (history lines end with LF only)'
             WHEN contains(s.line, chr(0)) THEN 'NUL byte in line'
             WHEN NOT json_valid(s.line) THEN 'invalid JSON'
+            WHEN CASE WHEN regexp_matches(s.line, {_lit(_LENIENT)})
+                THEN regexp_matches(regexp_replace(s.line, {_lit(_JSON_STRING)}, '""', 'g'), {_lit(_LENIENT)})
+                ELSE false END THEN 'invalid JSON'
             WHEN json_type(s.line) <> 'OBJECT' THEN 'not a JSON object: ' || lower(json_type(s.line))
         END AS pre
     FROM {lines} s
@@ -332,14 +372,24 @@ WITH checked AS (
     SELECT c.*,
         CASE WHEN pre IS NULL THEN json_type(line, {paths}) END AS types,
         CASE WHEN pre IS NULL THEN json_extract_string(line, {paths}) END AS vals,
-        CASE WHEN pre IS NULL THEN list_filter(json_keys(line), lambda k: NOT list_contains({known_list}, k)) END AS unknown_keys
+        CASE WHEN pre IS NULL THEN json_keys(line) END AS keys
     FROM checked c
+), keyed AS (
+    -- the keys in order with their positions, sorted: equal neighbours are a repeated key
+    -- (sorting keeps this n log n for a line of many keys)
+    SELECT t.*, list_sort(list_transform(keys, lambda k, i: {{'k': k, 'i': i}})) AS sorted_keys,
+        list_filter(keys, lambda k: NOT list_contains({known_list}, k)) AS unknown_keys
+    FROM typed t
 ), judged AS (
-    SELECT t.*,
-        coalesce(pre, nullif(concat_ws('; ',
+    SELECT k.* EXCLUDE (sorted_keys),
+        coalesce(pre,
+        -- the key whose second occurrence comes first
+        'repeated key: ' || left(keys[list_min(list_transform(range(2, len(sorted_keys) + 1),
+            lambda j: CASE WHEN sorted_keys[j].k = sorted_keys[j - 1].k THEN sorted_keys[j].i END))], 80),
+        nullif(concat_ws('; ',
         {reasons}
         ), '')) AS reason
-    FROM typed t
+    FROM keyed k
 ), valued AS (
     SELECT j.file_idx, j.host, j.source, j.source_path, j.byte_offset, j.line, j.reason,
         CASE WHEN j.reason IS NULL AND len(unknown_keys) > 0 THEN
@@ -362,20 +412,104 @@ RUN_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+class _NotJson(ValueError):
+    """NaN or Infinity: Python's decoder takes them by default, JSON has no such value."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(name)
+
+
+_PY_JSON_STRING = re.compile(_JSON_STRING)
+_CONSTANT = re.compile(r"-?(?:NaN|Infinity)")
+
+
+def _at(text: str, pos: int) -> str:
+    """` at column C` (with the line when `text` has several, as a state file does)."""
+    line = text.count("\n", 0, pos) + 1
+    column = pos - text.rfind("\n", 0, pos)
+    return f" at line {line} column {column}" if line > 1 else f" at column {column}"
+
+
+def _unpaired_surrogate(value: Any) -> str | None:
+    """The first unpaired UTF-16 surrogate (from a `\\udXXX` escape) in any string of a
+    decoded JSON value, as its escape; None when every string is valid Unicode."""
+    stack = [value]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if not x.isascii():
+                for c in x:
+                    if "\ud800" <= c <= "\udfff":
+                        return f"\\u{ord(c):04x}"
+        elif isinstance(x, dict):
+            stack.extend(x)
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return None
+
+
+def loads_strict(raw: bytes, object_pairs_hook: Any = None) -> tuple[Any, str | None]:
+    """(value, None) when `raw` is one strict JSON text (RFC 8259: UTF-8, no NaN or
+    Infinity, no trailing comma, strings of valid Unicode), else (None, reason) with the
+    position of the error. Never raises."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"invalid UTF-8 at byte {exc.start}"
+    try:
+        value = json.loads(
+            text, parse_constant=_refuse_constant, object_pairs_hook=object_pairs_hook
+        )
+    except json.JSONDecodeError as exc:
+        # some of Python's messages end in "at" ("Unterminated string starting at")
+        return None, f"invalid JSON: {exc.msg.removesuffix(' at')}{_at(exc.doc, exc.pos)}"
+    except _NotJson as exc:
+        blanked = _PY_JSON_STRING.sub(lambda m: " " * len(m.group()), text)
+        found = _CONSTANT.search(blanked)
+        where = _at(text, found.start()) if found else ""
+        return None, f"invalid JSON: {exc} is not a JSON number{where}"
+    except RecursionError:
+        return None, "invalid JSON: nested too deeply to read"
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        return None, f"invalid JSON: {str(exc)[:200]}"
+    bad = _unpaired_surrogate(value)
+    if bad is not None:
+        return None, f"invalid JSON: unpaired surrogate {bad} in a string"
+    return value, None
+
+
 def refine_json_reason(raw: bytes) -> str:
     """Python's decoder names the position of a JSON syntax error; DuckDB's check only says no."""
     try:
-        json.loads(raw)
-    except UnicodeDecodeError as exc:
-        return f"invalid UTF-8 at byte {exc.start}"
-    except json.JSONDecodeError as exc:
-        return f"invalid JSON: {exc.msg} at column {exc.colno}"
-    except ValueError as exc:
-        return f"invalid JSON: {exc}"
-    return "invalid JSON"
+        reason = loads_strict(raw)[1]
+    except Exception:  # never fail the load over naming a reject
+        reason = None
+    return reason or "invalid JSON"
 
 
-_YAML_KEY = re.compile(r"^(\s*)([A-Za-z_]+):\s*(.*?)\s*$")
+def parse_timestamp(text: str) -> datetime | None:
+    """A TIMESTAMP_RE text as a UTC datetime, or None when it is an impossible date or
+    time (no such day or hour, or outside EARLIEST..LATEST): the rule slow_sql applies."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return when if EARLIEST <= when <= LATEST else None
+
+
+# the value is stripped in Python: `:\s*(.*?)\s*$` takes quadratic time on long lines
+_YAML_KEY = re.compile(r"(\s*)([A-Za-z_]+):(.*)")
+_LAST_SECOND = int(LATEST.replace(microsecond=0).timestamp())  # 9999-12-31T23:59:59Z
+
+
+def _count(value: str) -> int:
+    """A count as written, or 1 (something failed) when it is not plain digits."""
+    try:
+        return int(value) if value.isascii() and value.isdigit() else 1
+    except ValueError:  # more digits than Python converts
+        return 1
 
 
 def legacy_summary_record(text: str) -> dict[str, object] | None:
@@ -383,27 +517,27 @@ def legacy_summary_record(text: str) -> dict[str, object] | None:
 
     Only `time.last_run`, `events.failure`, `resources.failed` and `version.config`
     are read; a tiny reader for that flat two-level shape avoids a YAML dependency.
+    A run time that is not a number of seconds, or is an impossible time (NaN, infinite,
+    before 1970, past 9999) counts as no run time.
     """
     section, values = "", {}
     for line in text.splitlines():
-        m = _YAML_KEY.match(line)
+        m = _YAML_KEY.fullmatch(line)
         if not m:
             continue
-        indent, key, value = m.groups()
+        indent, key, value = m.group(1), m.group(2), m.group(3).strip()
         if not indent:
             section = key
         else:
             values[f"{section}.{key}"] = value.strip("'\"")
     try:
-        last_run = int(float(values["time.last_run"]))
+        seconds = float(values["time.last_run"])
     except (KeyError, ValueError):
         return None
-    from datetime import UTC, datetime
-
-    failures = sum(
-        int(values.get(k, "0")) if values.get(k, "0").isdigit() else 1
-        for k in ("events.failure", "resources.failed")
-    )
+    if not 0 <= seconds <= _LAST_SECOND:  # also false for NaN
+        return None
+    last_run = int(seconds)
+    failures = sum(_count(values.get(k, "0")) for k in ("events.failure", "resources.failed"))
     config = values.get("version.config") or None
     is_sha = bool(config and re.fullmatch(r"[0-9a-fA-F]{40}", config))
     return {

@@ -94,3 +94,104 @@ def test_any_contract_record_round_trips(recs: list[dict[str, Any]]) -> None:
                 assert row["reported_host"] == value
             else:
                 assert row[key] == value, key
+
+
+# --- no line stops a load --------------------------------------------------------------
+
+ODD_TIMES = [
+    "2026-11-20T10:00:00Z", "2026-02-30T00:00:00Z", "2026-11-20T24:00:00Z",
+    "0000-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "9999-12-31T23:00:00-12:00",
+    "2026-11-20T10:00:00+99:99", "2026-11-20T10:00:00+14:00", "2026-11-20T10:00:00.5+0530",
+]  # fmt: skip
+ODD_NUMBERS = ["NaN", "-Infinity", "1e999", "-0", "1.5", str(2**64), str(-(10**30)), "0", "1"]
+ODD_JSON: list[Any] = [
+    None, True, "", "null", "x", "\ud800", "\udc00x", "A" * 64, [1, [2, {}]], {"a": None},
+]  # fmt: skip
+LAST_RUNS = ["1763632800", "inf", "-inf", "nan", "1e20", "-99999999999", "253402300800", "x"]
+
+
+def json_value(draw: st.DrawFn) -> str:
+    """The JSON text of an awkward value: odd numbers (some not JSON), times, strings."""
+    kind = draw(st.integers(0, 3))
+    if kind == 0:
+        return draw(st.sampled_from(ODD_NUMBERS))
+    if kind == 1:
+        return json.dumps(draw(st.sampled_from(ODD_TIMES)))
+    if kind == 2:
+        return json.dumps(draw(st.integers(-(2**70), 2**70)))
+    return json.dumps(draw(st.sampled_from(ODD_JSON)))
+
+
+def members_text(draw: st.DrawFn, members: list[tuple[str, str]]) -> str:
+    """An object of `members`, sometimes with a trailing comma."""
+    body = ",".join(f"{json.dumps(k)}:{v}" for k, v in members)
+    return "{" + body + draw(st.sampled_from(["", "", "", ","])) + "}"
+
+
+@st.composite
+def history_lines(draw: st.DrawFn, i: int) -> str:
+    """A run record with some fields given awkward values or repeated; its own run_id."""
+    members = [("run_id", json.dumps(f"r{i}"))]
+    for key in ("schema_version", "ts", "success", "duration_s", "started_at", "git_sha", "x"):
+        choice = draw(st.integers(0, 4))
+        normal = {"schema_version": "1", "ts": '"2026-11-20T10:00:00Z"', "success": "true"}
+        if choice == 0 and key in normal:
+            members.append((key, normal[key]))
+        elif choice in (1, 2):
+            members.append((key, json_value(draw)))
+            if choice == 2:  # repeated
+                members.append((key, json_value(draw)))
+    return members_text(draw, members)
+
+
+@st.composite
+def observation_lines(draw: st.DrawFn, i: int) -> str:
+    members = [("observed_at", json.dumps(draw(st.sampled_from(ODD_TIMES))))]
+    members.append(("reachable", "true"))
+    for key in ("uptime_s", "os", "override_sha", "vault_sha", "state_file", "z", "reachable"):
+        if draw(st.integers(0, 3)) == 0:
+            members.append((key, json_value(draw)))
+    if draw(st.booleans()):
+        last_run = draw(st.sampled_from(LAST_RUNS))
+        failures = draw(st.sampled_from(["0", "\u00b2", "9" * 5000]))
+        summary = f"time:\n  last_run: {last_run}\nevents:\n  failure: {failures}\n"
+        members.append(("legacy_summary", json.dumps(summary)))
+    # distinct times keep every valid observation (host, observed_at is its identity)
+    members[0] = (
+        ("observed_at", json.dumps(f"2026-11-20T10:00:{i:02d}Z"))
+        if draw(st.booleans())
+        else members[0]
+    )
+    return members_text(draw, members)
+
+
+@st.composite
+def mirror_lines(draw: st.DrawFn) -> tuple[list[str], list[str]]:
+    n_runs, n_obs = draw(st.integers(1, 12)), draw(st.integers(0, 8))
+    runs = [draw(history_lines(i)) for i in range(n_runs)]
+    obs = [draw(observation_lines(i)) for i in range(n_obs)]
+    return runs, obs
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mirror_lines())
+def test_no_line_stops_a_load(lines: tuple[list[str], list[str]]) -> None:
+    """Each history line becomes a run or a reject; each observation an observation, a
+    reject or (same host and time as an earlier one) nothing; the load never raises."""
+    runs, obs = lines
+    with tempfile.TemporaryDirectory() as tmp:
+        mirror = Path(tmp) / "m"
+        (mirror / "h").mkdir(parents=True)
+        (mirror / "h" / "history.jsonl").write_text("".join(r + "\n" for r in runs))
+        (mirror / "h" / "observations.jsonl").write_text("".join(o + "\n" for o in obs))
+        con = warehouse.connect(Path(tmp) / "wh.duckdb")
+        load.load_mirror(con, mirror)
+        row = con.execute(
+            "SELECT (SELECT count(*) FROM runs WHERE source = 'history'), "
+            "(SELECT count(*) FROM rejects WHERE source_path LIKE '%history.jsonl'), "
+            "(SELECT count(*) FROM observations), "
+            "(SELECT count(*) FROM rejects WHERE source_path LIKE '%observations.jsonl')"
+        ).fetchall()[0]
+        con.close()
+    assert row[0] + row[1] == len(runs)
+    assert row[2] + row[3] <= len(obs)
