@@ -23,6 +23,7 @@ from wrapper_helpers import (
     git,
     make_host,
     restricted_bin,
+    write_exe,
 )
 
 
@@ -290,3 +291,144 @@ def test_caller_ifs_does_not_change_the_record(host: Host) -> None:
     assert proc.returncode == 0
     rec = host.state_record()
     assert rec["git_dirty"] is False and rec["role"] == "a b:c"
+
+
+def test_lock_names_the_writer_not_its_exited_parent_shell(host: Host) -> None:
+    """40 writers each backgrounded by a shell that exits at once, with rotation.
+
+    The lock's owner pid must be the writing process (a subshell), not its parent
+    shell's $$: a dead parent made waiters break live locks, and two writers
+    rotating at once lost the lines of the first rotation.
+    """
+    one = host.bash("write_puppet_state /nonexistent r00 0 1 /o /v")
+    assert one.returncode == 0
+    line_len = len(host.history.read_bytes())
+    host.history.unlink()
+    launch = (
+        "for i in $(seq 10 49); do\n"
+        '  bash -c \'. "$0"; write_puppet_state /nonexistent "r$1" 0 1 /o /v &\' "$1" "$i"\n'
+        "done"
+    )
+    proc = subprocess.Popen(
+        [BASH, "-c", launch, "x", str(LIB)],
+        env={
+            **host.env,
+            "PUPPET_STATE_LOCK_TIMEOUT_S": "60",
+            "PUPPET_RUN_HISTORY_MAX_BYTES": str(line_len * 30),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # The pipes reach EOF once every orphaned writer has exited.
+    _, err = proc.communicate(timeout=120)
+    assert b"breaking stale" not in err and b"not acquired" not in err, err
+    rotated = Path(f"{host.history}.1")
+    assert rotated.exists()  # one rotation happened (cap: 30 lines)
+    lines = rotated.read_text().splitlines() + host.history.read_text().splitlines()
+    assert sorted(json.loads(line)["role"] for line in lines) == [f"r{i}" for i in range(10, 50)]
+    assert not Path(f"{host.history}.lock").exists()
+
+
+SLOW_WC = """#!/bin/bash
+sleep 1.5
+exec {wc} "$@"
+"""
+
+
+def test_two_writers_rotating_at_once_lose_no_line(host: Host) -> None:
+    """As if a broken lock let two writers hold it: B measures the full history,
+    A rotates it and appends, then B rotates: B must not move A's new, short
+    history over the .1 that A just made."""
+    old = [json.dumps({"n": i, "pad": "x" * 300}) for i in range(20)]  # cap: 20 lines, 3+ records
+    host.history.write_text("".join(f"{line}\n" for line in old))
+    cap = str(host.history.stat().st_size + 10)
+    slow = host.root / "slowbin"
+    slow.mkdir()
+    write_exe(slow / "wc", SLOW_WC.format(wc=shutil.which("wc")))
+    writer = f'write_puppet_state "{host.working_dir}" "$1" 0 1 /o /v'
+    env = {"PUPPET_RUN_HISTORY_MAX_BYTES": cap}
+    b = subprocess.Popen(
+        [BASH, "-c", f'. "{LIB}"\n{writer}', "x", "B"],
+        env={
+            **host.env,
+            **env,
+            "PATH": f"{slow}:{host.env['PATH']}",
+            "PUPPET_RUN_HISTORY_LOCK": str(host.root / "lock-b"),
+        },
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(0.5)  # B is in its (slow) wc of the full history
+    a = host.bash(writer, "A", PUPPET_RUN_HISTORY_LOCK=str(host.root / "lock-a"), **env)
+    assert a.returncode == 0 and b.wait(timeout=30) == 0
+    rotated = Path(f"{host.history}.1")
+    assert rotated.read_text().splitlines() == old
+    assert sorted(r["role"] for r in host.history_records()) == ["A", "B"]
+    assert sorted(p.name for p in host.history.parent.iterdir()) == [
+        host.history.name,
+        rotated.name,
+    ]  # no temp file left
+
+
+def test_long_lines_appended_without_the_lock_do_not_interleave(host: Host) -> None:
+    """The lock is held by a live process: 40 writers of 30,000-byte roles give up
+    at once (timeout 0) and append together, each line in one write.
+
+    The writers are lined up on a FIFO passed as their override file (each one
+    blocks opening it to hash it) and released together just before they append.
+    """
+    lock = Path(f"{host.history}.lock")
+    lock.mkdir()
+    (lock / "owner").write_text(f"{os.getpid()} {int(time.time())}\n")  # alive, fresh
+    gate = host.root / "gate"
+    os.mkfifo(gate)
+    launch = (
+        'role=$(printf "%030000d" 0)\n'
+        "for i in $(seq 10 49); do\n"
+        f'  write_puppet_state /nonexistent "$i$role" 0 1 "{gate}" /v 2>/dev/null &\n'
+        "done\nwait"
+    )
+    proc = subprocess.Popen(
+        [BASH, "-c", f'. "{LIB}"\n{launch}'],
+        env={**host.env, "PUPPET_STATE_LOCK_TIMEOUT_S": "0"},
+    )
+    time.sleep(1)  # every writer is blocked opening the gate
+    hold = os.open(gate, os.O_RDWR)  # lets them open it
+    plain = host.root / "gate.plain"
+    plain.write_text("")
+    plain.replace(gate)  # a late writer opens a plain file
+    os.close(hold)  # the FIFO's readers see EOF together
+    assert proc.wait(timeout=120) == 0
+    records = host.history_records()  # every line parses
+    assert sorted(r["role"][:2] for r in records) == [str(i) for i in range(10, 50)]
+    assert all(len(r["role"]) == 30_002 for r in records)
+    assert lock.exists()  # the holder's lock stays; no temp file is left
+    assert sorted(p.name for p in host.history.parent.iterdir()) == [host.history.name, lock.name]
+
+
+def test_each_history_line_is_one_write(host: Host) -> None:
+    """strace: with and without the lock, a 30,000-byte line is one write(2)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not available")
+    trace = host.root / "trace"
+    lock = Path(f"{host.history}.lock")
+    snippet = (
+        'write_puppet_state /nonexistent "a$1" 0 1 /o /v\n'
+        f'mkdir "{lock}" && echo "$$ $(date +%s)" > "{lock}/owner"\n'
+        'write_puppet_state /nonexistent "b$1" 0 1 /o /v\n'
+    )
+    proc = subprocess.run(
+        [strace, "-f", "-y", "-e", "trace=write", "-o", str(trace), BASH, "-c"]
+        + [f'. "{LIB}"\n{snippet}', "x", "r" * 30_000],
+        env={**host.env, "PUPPET_STATE_LOCK_TIMEOUT_S": "0"},
+        capture_output=True,
+        timeout=60,
+    )
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("ptrace not permitted here")
+    assert proc.returncode == 0, proc.stderr
+    assert b"appending without it" in proc.stderr
+    writes = [line for line in trace.read_text().splitlines() if f"<{host.history}>" in line]
+    sizes = [len(line) + 1 for line in host.history.read_text().splitlines()]
+    assert [int(w.rsplit("=", 1)[1]) for w in writes] == sizes
+    assert len(sizes) == 2 and min(sizes) > 30_000

@@ -9,6 +9,7 @@ U+FFFD.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,72 @@ def test_round_trip_under_bash_3_2_compat_mode(host: Host, role: str, path: str)
     """
     rec = record(host, role.encode(), b"", path.encode(), b"/v", b"/w", b"0", b"1", compat="3.2")
     assert rec["role"] == (role or None) and rec["override_path"] == path
+
+
+def utf8_fixed(data: bytes) -> str:
+    """The wrapper's rule: keep each valid UTF-8 sequence, each other byte is U+FFFD."""
+    out, i = [], 0
+    while i < len(data):
+        b = data[i]
+        n = 1 if b < 0x80 else 2 if 0xC2 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4
+        if b < 0xF5:
+            try:
+                out.append(data[i : i + n].decode("utf-8"))
+                i += n
+                continue
+            except UnicodeDecodeError:
+                pass
+        out.append("\ufffd")
+        i += 1
+    return "".join(out)
+
+
+PIECES = [
+    "é".encode(),
+    "€".encode(),
+    "😀".encode(),
+    "\u2028".encode(),
+    b"a",
+    b'"\\\n',
+    b"\xff",
+    b"\xe2\x82",
+    b"\xc3",
+    b"\x80",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"\xe0\x80\x80",
+]
+
+
+@pytest.mark.parametrize("kind", ["valid", "mixed"])
+def test_100_kb_non_ascii_value(host: Host, kind: str) -> None:
+    """Long values go through the UTF-8 fix-up by blocks (it was quadratic)."""
+    if kind == "valid":
+        role = "é€😀ab".encode() * 10_000
+    else:
+        rng = random.Random(7)
+        role = b"".join(rng.choice(PIECES) for _ in range(45_000))
+    assert len(role) >= 100_000
+    rec = record(host, role, b"b", b"/o", b"/v", b"/w", b"0", b"1")
+    assert rec["role"] == utf8_fixed(role)
+    if kind == "valid":
+        assert rec["role"].encode() == role
+
+
+@pytest.mark.parametrize("compat", ["", "3.2"], ids=["bash", "compat32"])
+def test_utf8_fix_at_block_boundaries(host: Host, compat: str) -> None:
+    """Sequences, whole or cut short, starting at each offset around the 512-byte blocks."""
+    cases = [
+        b"a" * offset + piece + tail
+        for offset in [*range(507, 516), *range(1019, 1028)]
+        for piece in PIECES[:4] + PIECES[6:] + [b"\xc3\x80\x80\x80\x80", b"\xf0\x90\x80"]
+        for tail in (b"", b"z", "é".encode())
+    ]
+    proc = host.bash(
+        'LC_ALL=C\nfor a; do _ps_utf8_fix "$a"; printf "%s\\0" "$_PS_U"; done',
+        *cases,
+        **({"BASH_COMPAT": compat} if compat else {}),
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = proc.stdout.split(b"\0")[:-1]
+    assert [g.decode() for g in got] == [utf8_fixed(c) for c in cases]

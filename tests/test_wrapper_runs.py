@@ -6,11 +6,24 @@ field by field (parsed with json), for both the Linux and the macOS script.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from wrapper_helpers import LINUX_SCRIPT, MACOS_SCRIPT, Host, check_record, git, make_host
+from wrapper_helpers import (
+    BASH,
+    LINUX_SCRIPT,
+    MACOS_SCRIPT,
+    WRAPPER_DIR,
+    Host,
+    check_record,
+    git,
+    make_host,
+)
+
+DRIVER = WRAPPER_DIR / "run-puppet.sh"
 
 SCRIPTS = pytest.mark.parametrize("script", [LINUX_SCRIPT, MACOS_SCRIPT], ids=["linux", "macos"])
 
@@ -161,3 +174,116 @@ def test_wrapper_under_bash_3_2_compat_mode(host: Host) -> None:
     assert proc.returncode == 2, proc.stderr
     (rec,) = host.history_records()
     check_record(rec, host, exit_code=2)
+
+
+@pytest.mark.parametrize(
+    "script", [LINUX_SCRIPT, MACOS_SCRIPT, DRIVER], ids=["linux", "macos", "driver"]
+)
+def test_exported_cdpath_does_not_break_locating_the_scripts(host: Host, script: Path) -> None:
+    """A cd resolved through CDPATH prints the directory: it must not end up in the path."""
+    proc = subprocess.run(
+        [BASH, f"{WRAPPER_DIR.name}/{script.name}"],
+        env={**host.env, "CDPATH": str(WRAPPER_DIR.parent), "FAKE_PUPPET_RC": "2"},
+        cwd=WRAPPER_DIR.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "not be recorded" not in proc.stderr and "missing" not in proc.stderr
+    (rec,) = host.history_records()
+    check_record(rec, host, exit_code=2)
+
+
+# Override lines and what sh assigns to PUPPET_BRANCH when it sources them.
+OVERRIDE_LINES = [
+    'PUPPET_BRANCH="main" # my branch',
+    "PUPPET_BRANCH='main'  # fork",
+    'PUPPET_BRANCH="a\\"b"',
+    "PUPPET_BRANCH='it''s'",
+    "export PUPPET_BRANCH=feature/x # c",
+    'export\tPUPPET_BRANCH="t"',
+    "  PUPPET_BRANCH=a\\ b",
+    'PUPPET_BRANCH="a\\\\b\\$c\\`d\\e"',
+    "PUPPET_BRANCH='a\\\"b # not a comment'",
+    "PUPPET_BRANCH=a#b",
+    'PUPPET_BRANCH="a#b" #c',
+    "PUPPET_BRANCH=x\"y z\"'w'",
+    "PUPPET_BRANCH=main;",
+    "PUPPET_BRANCH=main; # c",
+    'PUPPET_BRANCH="tab\tsep"\t# c',
+    'PUPPET_BRANCH="a$" ',
+    "PUPPET_BRANCH=100$",
+    "PUPPET_BRANCH=a~b",
+    'PUPPET_BRANCH="~/x"',
+    "PUPPET_BRANCH=*",
+    "PUPPET_BRANCH={a,b}",
+    "PUPPET_BRANCH=a\\\\b",
+    'PUPPET_BRANCH=é"ü"',
+    'PUPPET_BRANCH=""',
+    "PUPPET_BRANCH=",
+    "# PUPPET_BRANCH=commented",
+    "PUPPET_BRANCHES=other",
+]
+
+
+@pytest.mark.parametrize("compat", ["", "3.2"], ids=["bash", "compat32"])
+@pytest.mark.parametrize("line", OVERRIDE_LINES)
+def test_override_value_is_what_sh_assigns(host: Host, line: str, compat: str) -> None:
+    host.override.write_text(f"PUPPET_BRANCH=first\n{line}\n")
+    sh = subprocess.run(
+        ["sh", "-c", '. "$1"; printf %s "$PUPPET_BRANCH"', "sh", str(host.override)],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+    )
+    assert sh.returncode == 0 and sh.stderr == b""
+    proc = host.bash(
+        'puppet_state_override_value "$1" PUPPET_BRANCH; printf %s "$PUPPET_STATE_VALUE"',
+        str(host.override),
+        **({"BASH_COMPAT": compat} if compat else {}),
+    )
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert proc.stdout == sh.stdout
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'PUPPET_BRANCH="$HOME"',
+        "PUPPET_BRANCH=${HOME}",
+        "PUPPET_BRANCH=$(touch {canary})",
+        "PUPPET_BRANCH=`touch {canary}`",
+        'PUPPET_BRANCH="`touch {canary}`"',
+        "PUPPET_BRANCH=$'x'",
+        "PUPPET_BRANCH=~/x",
+        "PUPPET_BRANCH=a:~/x",
+        'PUPPET_BRANCH="unterminated',
+        "PUPPET_BRANCH=continued\\",
+        "PUPPET_BRANCH=a touch {canary}",
+        "PUPPET_BRANCH=a;touch {canary}",
+        "PUPPET_BRANCH=a|touch {canary}",
+        "PUPPET_BRANCH=a&&touch {canary}",
+    ],
+)
+def test_override_lines_sh_would_run_are_never_run(host: Host, line: str) -> None:
+    """Such a line is skipped with a warning; the earlier value stays."""
+    canary = host.root / "canary"
+    host.override.write_text(f"PUPPET_BRANCH=good\n{line.replace('{canary}', str(canary))}\n")
+    proc = host.bash(
+        'puppet_state_override_value "$1" PUPPET_BRANCH; printf %s "$PUPPET_STATE_VALUE"',
+        str(host.override),
+    )
+    assert proc.returncode == 0 and proc.stdout == b"good"
+    assert b"line 2: PUPPET_BRANCH is not a plain assignment" in proc.stderr
+    assert not canary.exists()
+
+
+def test_override_with_comments_and_escapes_is_applied(host: Host) -> None:
+    host.override.write_text(
+        f'PUPPET_REPO="file://{host.upstream}"  # fork\n'
+        'export PUPPET_BRANCH="main" # my branch\n'
+        "PUPPET_MAIL='x@y' # not used\n"
+    )
+    proc = host.run(FAKE_PUPPET_RC="2")
+    assert proc.returncode == 2, proc.stderr
+    check_record(host.state_record(), host, exit_code=2)  # the override's repo and branch

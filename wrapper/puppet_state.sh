@@ -123,23 +123,100 @@ puppet_state_override_value() {
     return 0
 }
 
+# A line `[export ]KEY=WORD [# comment]` gives the value sh would assign (see
+# _ps_shell_word); a KEY= line whose value sh would compute by running
+# something ($x, $(...), `...`, ~) or that is not a plain assignment is
+# skipped with a warning: the file is never evaluated. A trailing CR (a file
+# saved with CRLF line ends) is dropped.
 _ps_override_value() {
-    local file=$1 key=$2 line v
+    local file=$1 key=$2 line n=0
     PUPPET_STATE_VALUE=""
     [ -f "$file" ] && [ -r "$file" ] || return 0
     while IFS= read -r line || [ -n "$line" ]; do
-        line=${line#"${line%%[![:space:]]*}"}
-        line=${line#export }
-        case $line in "$key="*) ;; *) continue ;; esac
-        v=${line#*=}
-        v=${v%$'\r'}
-        v=${v%"${v##*[![:space:]]}"}
-        case $v in
-        \"*\") v=${v#\"} && v=${v%\"} ;;
-        \'*\') v=${v#\'} && v=${v%\'} ;;
+        n=$((n + 1))
+        line=${line%$'\r'}
+        line=${line#"${line%%[![:blank:]]*}"}
+        case $line in
+        export[[:blank:]]*)
+            line=${line#export}
+            line=${line#"${line%%[![:blank:]]*}"}
+            ;;
         esac
-        PUPPET_STATE_VALUE=$v
+        case $line in "$key="*) ;; *) continue ;; esac
+        if _ps_shell_word "${line#"$key="}"; then
+            PUPPET_STATE_VALUE=$_PS_WORD
+        else
+            _ps_log "$file line $n: $key is not a plain assignment sh could read without running it; line ignored"
+        fi
     done <"$file"
+    return 0
+}
+
+# The word at the start of $1 as sh reads it in an assignment, in _PS_WORD:
+# "double-quoted" parts (backslash escapes only \" \\ \$ \`), 'single-quoted'
+# parts (literal) and unquoted characters (\x is x), up to a blank or `;`;
+# then only blanks and an optional # comment may follow. Returns 1 (and
+# _PS_WORD is not to be used) for what sh would expand or run: $NAME, ${...},
+# $(...), `...`, a leading ~, an unterminated quote, a line continuation,
+# |&<>() or anything after the word other than a comment.
+_ps_shell_word() {
+    local s=$1 w="" c q="" i=0 n rest
+    n=${#s}
+    _PS_WORD=""
+    while [ "$i" -lt "$n" ]; do
+        c=${s:i:1}
+        i=$((i + 1))
+        if [ "$q" = "'" ]; then
+            if [ "$c" = "'" ]; then q=""; else w+=$c; fi
+            continue
+        fi
+        if [ "$q" = '"' ]; then
+            case $c in
+            '"') q="" ;;
+            '`') return 1 ;;
+            '$')
+                # $NAME, ${..}, $(..), $1, $$...: an expansion; any other $ is literal.
+                case ${s:i:1} in [A-Za-z0-9_\{\(@*#?\$!-]) return 1 ;; esac
+                w+=$c
+                ;;
+            \\)
+                c=${s:i:1}
+                case $c in
+                '') return 1 ;;
+                '"' | \\ | '$' | '`') w+=$c && i=$((i + 1)) ;;
+                *) w+=\\ ;;
+                esac
+                ;;
+            *) w+=$c ;;
+            esac
+            continue
+        fi
+        case $c in
+        [[:blank:]] | ';') break ;;
+        "'" | '"') q=$c ;;
+        \\)
+            [ "$i" -lt "$n" ] || return 1
+            w+=${s:i:1}
+            i=$((i + 1))
+            ;;
+        '$')
+            case ${s:i:1} in [A-Za-z0-9_\{\(@*#?\$!\'\"-]) return 1 ;; esac
+            w+=$c
+            ;;
+        '~')
+            # A tilde prefix (at the start, or after a : in an assignment) is expanded.
+            if [ "$i" -eq 1 ] || [ "${s:i-2:1}" = ":" ]; then return 1; fi
+            w+=$c
+            ;;
+        '`' | '|' | '&' | '<' | '>' | '(' | ')') return 1 ;;
+        *) w+=$c ;;
+        esac
+    done
+    [ -z "$q" ] || return 1
+    rest=${s:i}
+    rest=${rest#"${rest%%[![:blank:]]*}"}
+    case $rest in '' | '#'*) ;; *) return 1 ;; esac
+    _PS_WORD=$w
     return 0
 }
 
@@ -166,7 +243,30 @@ _ps_strip_credentials() {
 
 # Replace every byte that is not part of a valid UTF-8 sequence by U+FFFD, so
 # that strict parsers (Python's json) accept the record. Runs under LC_ALL=C.
+# In bash, ${s:i:1} and out+=... cost the length of s and out: a byte loop over
+# the whole string is quadratic. So the string goes by blocks of 512 bytes,
+# plus the up to 3 continuation bytes that complete a sequence cut at the end
+# of a block; ASCII blocks are copied, the others go through the byte loop.
 _ps_utf8_fix() {
+    local s=$1 out="" i=0 n k cont=$'\x80'-$'\xbf'
+    n=${#s}
+    while [ "$i" -lt "$n" ]; do
+        case ${s:i+512:3} in
+        [$cont][$cont][$cont]*) k=515 ;;
+        [$cont][$cont]*) k=514 ;;
+        [$cont]*) k=513 ;;
+        *) k=512 ;;
+        esac
+        _PS_U=${s:i:k}
+        i=$((i + k))
+        case $_PS_U in *[$'\x80'-$'\xff']*) _ps_utf8_fix_block "$_PS_U" ;; esac
+        out+=$_PS_U
+    done
+    _PS_U=$out
+}
+
+# The byte loop of _ps_utf8_fix over one block, result in _PS_U.
+_ps_utf8_fix_block() {
     local s=$1 out="" i=0 n c c2 need lo hi k ok
     n=${#s}
     local fffd=$'\xef\xbf\xbd' cont=$'\x80'-$'\xbf'
@@ -295,6 +395,8 @@ _ps_git_info() {
 
 # Lock dir $1 held on return 0; 1 when it cannot be had within the timeout.
 # mkdir is atomic on every local filesystem and needs no flock(1) (absent on macOS).
+# The owner file names the process holding the lock, _PS_PID (see _ps_my_pid):
+# a waiter breaks the lock when that process is gone.
 _ps_lock() {
     local dir=$1 tries=0 max absent=0 opid oepoch now parent
     local timeout=${PUPPET_STATE_LOCK_TIMEOUT_S:-5} stale=${PUPPET_STATE_LOCK_STALE_S:-60}
@@ -305,7 +407,7 @@ _ps_lock() {
     [ -n "$parent" ] || parent=/
     while :; do
         if mkdir "$dir" 2>/dev/null; then
-            printf '%s %s\n' "$$" "${_PS_NOW:-0}" >"$dir/owner" 2>/dev/null
+            printf '%s %s\n' "${_PS_PID:-$$}" "${_PS_NOW:-0}" >"$dir/owner" 2>/dev/null
             return 0
         fi
         tries=$((tries + 1))
@@ -329,7 +431,7 @@ _ps_lock() {
             { [ -n "$oepoch" ] && [ "$oepoch" -gt 0 ] && [ $((now - oepoch)) -gt "$stale" ]; } ||
             [ "$absent" -gt 20 ]; then
             _ps_log "breaking stale history lock $dir (holder ${opid:-unknown})"
-            local trash="$dir.stale.$$.$RANDOM"
+            local trash="$dir.stale.${_PS_PID:-$$}.$RANDOM"
             if mv "$dir" "$trash" 2>/dev/null; then rm -rf "$trash"; fi
             absent=0
             continue
@@ -380,9 +482,101 @@ _ps_write_state() {
     return 0
 }
 
+# The pid of the process running this, in _PS_PID. In a subshell $$ is the
+# parent shell's pid, and bash 3.2 has no BASHPID: the parent of a shell
+# exec'd from a command substitution of this process is this process.
+_ps_my_pid() {
+    # shellcheck disable=SC2016 # $PPID is sh's, not ours
+    _PS_PID=$(exec sh -c 'echo "$PPID"' 2>/dev/null)
+    case $_PS_PID in '' | *[!0-9]*) _PS_PID=$$ ;; esac
+}
+
+# Append line $2 (newline included) to $1 in one write(2) on an O_APPEND
+# descriptor, so that concurrent appends never interleave, whatever the line's
+# length (printf writes through a 4 KiB buffer, a long line in pieces). The
+# line goes to a temp file beside $1, then dd, whose block size exceeds the
+# line, copies it in one read and one write (POSIX dd writes each input block
+# as one output block). Without a temp file or dd: printf. Status 1 on failure.
+_ps_append_line() {
+    local file=$1 line=$2 dir base tmp="" n=0 rc=0
+    case $file in */*) dir=${file%/*} ;; *) dir=. ;; esac
+    [ -n "$dir" ] || dir=/
+    base=${file##*/}
+    if command -v dd >/dev/null 2>&1; then
+        set -C
+        while [ "$n" -lt 5 ] && [ -w "$dir" ]; do
+            tmp="$dir/.$base.append.${_PS_PID:-$$}.$RANDOM$RANDOM"
+            if { : >"$tmp"; } 2>/dev/null; then break; fi
+            tmp=""
+            n=$((n + 1))
+        done
+        set +C
+    fi
+    if [ -z "$tmp" ]; then
+        printf '%s' "$line" >>"$file" 2>/dev/null
+        return
+    fi
+    # ${#line} counts bytes under LC_ALL=C; 4 bytes a character cover any locale.
+    if printf '%s' "$line" >"$tmp" 2>/dev/null; then
+        dd bs=$((${#line} * 4 + 512)) if="$tmp" 2>/dev/null >>"$file" || rc=1
+    else
+        # No room for the temp file: the same data cannot be appended either.
+        printf '%s' "$line" >>"$file" 2>/dev/null || rc=1
+    fi
+    rm -f "$tmp" 2>/dev/null
+    return "$rc"
+}
+
+# Move the history $1 to $1.1 (replacing it) when it is still longer than
+# $2 bytes. Under the lock one writer rotates at a time; should a broken lock
+# ever let two rotate at once, the second must not replace the .1 the first
+# just made with the new, short history. So the file is first renamed to a
+# name of this process's own, measured there, and put back when another
+# writer already rotated it: no line is lost.
+_ps_rotate() {
+    local hist=$1 limit=$2 tmp size
+    tmp=$hist.rotate.${_PS_PID:-$$}
+    if ! mv -f "$hist" "$tmp" 2>/dev/null; then
+        [ ! -e "$hist" ] || _ps_log "cannot rotate $hist"
+        return 0
+    fi
+    size=$(wc -c <"$tmp" 2>/dev/null)
+    size=${size//[!0-9]/}
+    if [ -n "$size" ] && [ "$size" -gt "$limit" ]; then
+        mv -f "$tmp" "$hist.1" 2>/dev/null && return 0
+        _ps_log "cannot rotate $hist"
+    fi
+    # ln: back under its name unless a new history exists (then add its lines to it).
+    if ln "$tmp" "$hist" 2>/dev/null || cat "$tmp" >>"$hist" 2>/dev/null; then
+        rm -f "$tmp"
+    else
+        _ps_log "cannot move $tmp back to $hist; its lines are kept there"
+    fi
+    return 0
+}
+
+# Status 0 when file $1 ends in a torn line (no final newline). A line that
+# another writer is appending right now without the lock also lacks its
+# newline for a moment (a long write extends the file page by page): the
+# end counts as torn only when it stays the same for 0.1 s.
+_ps_torn_end() {
+    local f=$1 size last prev=x n=0
+    while [ "$n" -lt 10 ]; do
+        last=$(tail -c 1 "$f" 2>/dev/null)
+        [ -n "$last" ] || return 1
+        size=$(wc -c <"$f" 2>/dev/null)
+        size=${size//[!0-9]/}
+        [ "$size" != "$prev" ] || return 0
+        prev=$size
+        sleep 0.1 2>/dev/null || sleep 1
+        n=$((n + 1))
+    done
+    return 1
+}
+
 # Append the record to the history under the lock, rotating past the cap.
 _ps_append_history() {
-    local hist=$1 rec=$2 dir lock cap size last new="" locked=1
+    local hist=$1 rec=$2 dir lock cap size new="" locked=1
     case $hist in */*) dir=${hist%/*} ;; *) dir=. ;; esac
     [ -n "$dir" ] || dir=/
     if [ ! -d "$dir" ]; then
@@ -392,27 +586,26 @@ _ps_append_history() {
     lock=${PUPPET_RUN_HISTORY_LOCK:-$hist.lock}
     cap=${PUPPET_RUN_HISTORY_MAX_BYTES:-8388608}
     case $cap in '' | *[!0-9]*) cap=8388608 ;; esac
+    _ps_my_pid
     if ! _ps_lock "$lock"; then
         locked=0
         _ps_log "history lock $lock not acquired; appending without it"
     fi
     if [ -s "$hist" ]; then
+        # The size is measured with the lock held: no other writer rotates meanwhile.
         if [ "$locked" -eq 1 ]; then
             size=$(wc -c <"$hist" 2>/dev/null)
             size=${size//[!0-9]/}
             if [ -n "$size" ] && [ $((size + ${#rec} + 1)) -gt "$cap" ]; then
-                mv -f "$hist" "$hist.1" 2>/dev/null || _ps_log "cannot rotate $hist"
+                _ps_rotate "$hist" $((cap - ${#rec} - 1))
             fi
         fi
         # A line torn by an earlier full disk must not swallow this one.
-        if [ -s "$hist" ]; then
-            last=$(tail -c 1 "$hist" 2>/dev/null)
-            [ -z "$last" ] || new=$'\n'
-        fi
+        if [ -s "$hist" ] && _ps_torn_end "$hist"; then new=$'\n'; fi
     fi
     local created=0
     [ -e "$hist" ] || created=1
-    if ! printf '%s%s\n' "$new" "$rec" >>"$hist" 2>/dev/null; then
+    if ! _ps_append_line "$hist" "$new$rec"$'\n'; then
         _ps_log "cannot append to $hist (read-only or disk full?)"
     elif [ "$created" -eq 1 ]; then
         chmod 0644 "$hist" 2>/dev/null

@@ -3,7 +3,8 @@
 # apply the puppet code named by the override file and record every attempt.
 # Every path and knob has an environment override: see wrapper/README.md.
 PUPPET_OS_NAME=macos
-DRIVER="$(cd "$(dirname "$0")" 2>/dev/null && pwd)/run-puppet.sh"
+# CDPATH= and >/dev/null: a cd resolved through an exported CDPATH prints the path.
+DRIVER="$(CDPATH="" cd -- "$(dirname -- "$0")" >/dev/null 2>&1 && pwd)/run-puppet.sh"
 if [ ! -r "$DRIVER" ]; then
     echo "run-puppet-macos: $DRIVER is missing: install run-puppet.sh beside this script" >&2
     exit 1

@@ -14,7 +14,8 @@ set -u -o pipefail
 if [ -z "${PUPPET_OS_NAME:-}" ]; then
     case $(uname -s 2>/dev/null) in Darwin) PUPPET_OS_NAME=macos ;; *) PUPPET_OS_NAME=linux ;; esac
 fi
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" 2>/dev/null && pwd)
+# CDPATH= and >/dev/null: a cd resolved through an exported CDPATH prints the path.
+HERE=$(CDPATH="" cd -- "$(dirname -- "${BASH_SOURCE[0]}")" >/dev/null 2>&1 && pwd)
 PUPPET_STATE_LIB=${PUPPET_STATE_LIB:-}
 if [ -z "$PUPPET_STATE_LIB" ]; then
     for lib in "$HERE/puppet_state.sh" /usr/local/lib/puppet_state.sh; do
