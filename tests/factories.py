@@ -94,3 +94,28 @@ def write_observation(mirror: Path, host: str, **fields: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         fh.write(json.dumps(obs) + "\n")
+
+
+def stage_lines(con: Any, texts: list[str], source: str = "history") -> None:
+    """Register `texts` as one file's staged lines (`staged`, `staged_files`) the way the
+    loader hands them to records.fast_sql and slow_sql, with their byte offsets."""
+    import pyarrow as pa
+
+    offsets, pos = [], 0
+    for t in texts:
+        offsets.append(pos)
+        pos += len(t.encode())
+    con.register(
+        "staged",
+        pa.table(
+            {
+                "file_idx": pa.array([0] * len(texts), pa.int32()),
+                "byte_offset": pa.array(offsets, pa.int64()),
+                "line": pa.array(texts, pa.large_string()),
+                "pre_reason": pa.nulls(len(texts), pa.string()),
+            }
+        ),
+    )
+    files = {"file_idx": pa.array([0], pa.int32()), "host": ["h1"], "source": [source],
+             "source_path": ["/m/h1/history.jsonl"]}  # fmt: skip
+    con.register("staged_files", pa.table(files))

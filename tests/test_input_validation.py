@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 import pytest
-from factories import OVR_1, VAULT, line, record, write_history
+from factories import OVR_1, VAULT, line, record, stage_lines, write_history
 
 from pipeline import load, records
 
@@ -340,29 +339,7 @@ def _verdicts(texts: list[str]) -> list[tuple[bool, str | None, bool]]:
     """(fast path took it, slow path's reason, same values) for each line."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    offsets = [sum(len(t.encode()) for t in texts[:i]) for i in range(len(texts))]
-    con.register(
-        "staged",
-        pa.table(
-            {
-                "file_idx": pa.array([0] * len(texts), pa.int32()),
-                "byte_offset": pa.array(offsets, pa.int64()),
-                "line": pa.array(texts, pa.large_string()),
-                "pre_reason": pa.nulls(len(texts), pa.string()),
-            }
-        ),
-    )
-    con.register(
-        "staged_files",
-        pa.table(
-            {
-                "file_idx": pa.array([0], pa.int32()),
-                "host": ["h1"],
-                "source": ["history"],
-                "source_path": ["p"],
-            }
-        ),
-    )
+    stage_lines(con, texts)
     con.execute("CREATE TEMP TABLE f AS " + records.fast_sql("staged"))
     everything = (
         "(SELECT s.file_idx, sf.host, sf.source, sf.source_path, s.byte_offset, s.line, "

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 import pytest
+from factories import stage_lines
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -81,36 +81,6 @@ def lines(draw: st.DrawFn) -> str:
     return body + draw(st.sampled_from(["\n", "\n", "", "\r\n", " \n"]))
 
 
-def _stage(con: duckdb.DuckDBPyConnection, texts: list[str], source: str = "history") -> None:
-    offsets = []
-    pos = 0
-    for t in texts:
-        offsets.append(pos)
-        pos += len(t.encode())
-    con.register(
-        "staged",
-        pa.table(
-            {
-                "file_idx": pa.array([0] * len(texts), pa.int32()),
-                "byte_offset": pa.array(offsets, pa.int64()),
-                "line": pa.array(texts, pa.large_string()),
-                "pre_reason": pa.nulls(len(texts), pa.string()),
-            }
-        ),
-    )
-    con.register(
-        "staged_files",
-        pa.table(
-            {
-                "file_idx": pa.array([0], pa.int32()),
-                "host": ["h1"],
-                "source": [source],
-                "source_path": ["/m/h1/history.jsonl"],
-            }
-        ),  # fmt: skip
-    )
-
-
 def _compare(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
     """(lines the fast path took, lines where the paths disagree)."""
     con.execute("CREATE OR REPLACE TEMP TABLE f AS " + records.fast_sql("staged"))
@@ -140,7 +110,7 @@ def test_fast_path_takes_wrapper_lines() -> None:
     con.execute("SET TimeZone = 'UTC'")
     good = json.dumps(GOOD, separators=(",", ":")) + "\n"
     old = json.dumps({k: GOOD[k] for k in records.SEED_FIELDS}, separators=(",", ":")) + "\n"
-    _stage(con, [good, old, good.replace("213", "0")])
+    stage_lines(con, [good, old, good.replace("213", "0")])
     taken, disagree = _compare(con)
     assert (taken, disagree) == (3, 0)
 
@@ -157,7 +127,7 @@ def test_fast_path_leaves_lookalikes_to_the_slow_path() -> None:
         base.replace('"master"', '"ma\\u0073ter"') + "\n",  # escape
         base.replace('"override_sha":null,', "") [:-1] + ',"n":{"override_sha":null}}\n',
     ]  # fmt: skip
-    _stage(con, tricky)
+    stage_lines(con, tricky)
     taken, disagree = _compare(con)
     assert (taken, disagree) == (0, 0)
 
@@ -167,7 +137,7 @@ def test_fast_path_leaves_lookalikes_to_the_slow_path() -> None:
 def test_fast_path_agrees_with_slow_path(texts: list[str]) -> None:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    _stage(con, texts)
+    stage_lines(con, texts)
     taken, disagree = _compare(con)
     assert disagree == 0
     event(f"fast path took {'none' if taken == 0 else 'all' if taken == len(texts) else 'some'}")
