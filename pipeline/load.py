@@ -31,19 +31,33 @@ if TYPE_CHECKING:
 HISTORY = "history.jsonl"
 OBSERVATIONS = "observations.jsonl"
 STATE_FILE = "last_run_metadata.json"
-# bytes of input per transaction; tests lower it to make many small transactions
-BATCH_BYTES = int(os.environ.get("FLEETSTATE_BATCH_BYTES", 128 << 20))
-# a group of hosts holds one batch in memory: about 0.5 GB at its peak with 128 MiB
-GROUP_PEAK_BYTES = 512 << 20
+# bytes of input per transaction (None: default_plan decides when a load starts); tests
+# lower it to make many small transactions
+_env_batch = os.environ.get("FLEETSTATE_BATCH_BYTES")
+BATCH_BYTES: int | None = max(1, int(_env_batch)) if _env_batch else None
+LARGE_BATCH, SMALL_BATCH = 128 << 20, 64 << 20
+PEAK_PER_BATCH_BYTE = 4  # a group holding a 128 MiB batch peaks at about 0.5 GB
 
 
-def default_workers(cpus: int | None, available: int | None) -> int:
-    """Two groups of hosts on two or more cores, unless memory is short: the groups
-    together may use at most half of the memory available when the load starts."""
-    by_cpu = min(2, cpus or 1)
+def default_plan(
+    cpus: int | None, available: int | None, workers: int | None = None
+) -> tuple[int, int]:
+    """(groups of hosts, batch bytes) for a load: two groups on two or more cores, each with
+    128 MiB batches, unless memory is short. The groups together may use at most half of
+    the memory available when the load starts; when two groups of 128 MiB do not fit,
+    64 MiB batches do before one group does (measured on 1,000 hosts: 12% slower at
+    0.75 GB, where one group is 40% slower at 0.7 GB). `workers` fixes the groups."""
+    by_cpu = workers or min(2, cpus or 1)
     if available is None:
-        return by_cpu
-    return max(1, min(by_cpu, available // (2 * GROUP_PEAK_BYTES)))
+        return by_cpu, LARGE_BATCH
+    budget = available // 2
+    choices = [(by_cpu, LARGE_BATCH), (by_cpu, SMALL_BATCH)]
+    if workers is None:
+        choices += [(1, LARGE_BATCH)]
+    for n, batch in choices:
+        if n * batch * PEAK_PER_BATCH_BYTE <= budget:
+            return n, batch
+    return (workers or 1), SMALL_BATCH
 
 
 def _available_memory() -> int | None:
@@ -59,7 +73,7 @@ def _available_memory() -> int | None:
 
 
 # groups of hosts loaded at once, each holding one batch in memory (see load_mirror);
-# None: default_workers, decided when a load starts
+# None: default_plan decides when a load starts
 _env_workers = os.environ.get("FLEETSTATE_LOAD_WORKERS")
 WORKERS: int | None = max(1, int(_env_workers)) if _env_workers else None
 # a file's fingerprint covers its first bytes and the bytes before the cursor, so a file
@@ -144,12 +158,13 @@ def load_mirror(
     found = discover(mirror_dir, hosts)
     files, aliases = _claim_files(found)
     cursors = _read_cursors(con)
-    workers = WORKERS or default_workers(os.cpu_count(), _available_memory())
+    workers, batch_bytes = default_plan(os.cpu_count(), _available_memory(), WORKERS)
+    batch_bytes = BATCH_BYTES or batch_bytes
     groups = _split(files, workers)
     if len(groups) <= 1:
-        stats = _load_hosts(con, files, cursors, progress, threading.Event())
+        stats = _load_hosts(con, files, cursors, progress, threading.Event(), batch_bytes)
     else:
-        stats = _load_groups(con, groups, cursors, progress)
+        stats = _load_groups(con, groups, cursors, progress, batch_bytes)
     stats.aliases_skipped = aliases
     return stats
 
@@ -193,6 +208,7 @@ def _load_groups(
     groups: list[list[HostFiles]],
     cursors: dict[str, tuple[int, str | None]],
     progress: ProgressFn | None,
+    batch_bytes: int,
 ) -> LoadStats:
     """Each group in its own thread and on its own connection; progress shows their sum."""
     from concurrent.futures import ThreadPoolExecutor, wait
@@ -213,7 +229,7 @@ def _load_groups(
     def run(i: int, group: list[HostFiles]) -> LoadStats:
         worker = warehouse.cursor(con)  # with the session's time zone: identities use it
         try:
-            return _load_hosts(worker, group, cursors, report(i), stop)
+            return _load_hosts(worker, group, cursors, report(i), stop, batch_bytes)
         except BaseException:
             stop.set()
             raise
@@ -278,6 +294,7 @@ def _load_hosts(
     cursors: dict[str, tuple[int, str | None]],
     progress: ProgressFn | None,
     stop: threading.Event,
+    batch_bytes: int = LARGE_BATCH,
 ) -> LoadStats:
     total = LoadStats()
     # bytes read and unfinished lines are counted per file, and a file can span batches
@@ -286,10 +303,11 @@ def _load_hosts(
     for host, files in found:
         for path, key in files:
             batch.stats.files += 1
-            for start, data, end, mark in _readable_chunks(path, cursors.get(key), read):
+            chunks = _readable_chunks(path, cursors.get(key), read, batch_bytes)
+            for start, data, end, mark in chunks:
                 _stage(batch, host, path.name, key, start, data)
                 batch.cursors.append((key, host, end, mark))
-                if batch.nbytes >= BATCH_BYTES:
+                if batch.nbytes >= batch_bytes:
                     if stop.is_set():
                         raise _Stopped
                     _commit(con, batch)
@@ -303,12 +321,12 @@ def _load_hosts(
 
 
 def _readable_chunks(
-    path: Path, cursor: tuple[int, str | None] | None, read: LoadStats
+    path: Path, cursor: tuple[int, str | None] | None, read: LoadStats, batch_bytes: int
 ) -> Iterator[tuple[int, memoryview, int, str]]:
     """_new_chunks with each piece's end and fingerprint. A file that cannot be read (no
     permission, an I/O error) ends early and is named in `read.unreadable`: what was read
     of it loads, its cursor stays there, and the other files load as usual."""
-    chunks = _new_chunks(path, cursor, read)
+    chunks = _new_chunks(path, cursor, read, batch_bytes)
     while True:
         try:
             start, data = next(chunks)
@@ -359,7 +377,7 @@ def _unchanged(path: Path, offset: int, saved: str | None) -> bool:
 
 
 def _new_chunks(
-    path: Path, cursor: tuple[int, str | None] | None, stats: LoadStats
+    path: Path, cursor: tuple[int, str | None] | None, stats: LoadStats, batch_bytes: int
 ) -> Iterator[tuple[int, memoryview]]:
     """(offset, bytes) pieces after the cursor, each ending at a newline.
 
@@ -379,7 +397,7 @@ def _new_chunks(
             yield 0, memoryview(data)
         return
     # a batch overshoots by a piece at most; read() allocates what it is asked for
-    piece_bytes = max(1, min(BATCH_BYTES // 4, size - offset))
+    piece_bytes = max(1, min(batch_bytes // 4, size - offset))
     with path.open("rb") as fh:
         fh.seek(offset)
         while True:

@@ -276,15 +276,19 @@ def test_a_failing_group_stops_the_others_and_leaves_the_warehouse_consistent(
     _consistent(con)
 
 
-def test_default_groups_follow_cores_and_available_memory() -> None:
-    gib = 1 << 30
-    assert load.default_workers(8, 16 * gib) == 2
-    assert load.default_workers(1, 16 * gib) == 1  # one core: one group
-    assert load.default_workers(None, None) == 1
-    assert load.default_workers(4, None) == 2  # no /proc/meminfo (macOS): by cores
-    assert load.default_workers(4, 2 * gib) == 2  # two groups use at most 1 GiB
-    assert load.default_workers(4, 2 * gib - 1) == 1  # less: one group
-    assert load.default_workers(4, 100 << 20) == 1  # never none
+def test_default_plan_follows_cores_and_available_memory() -> None:
+    gib, large, small = 1 << 30, load.LARGE_BATCH, load.SMALL_BATCH
+    assert load.default_plan(8, 16 * gib) == (2, large)
+    assert load.default_plan(1, 16 * gib) == (1, large)  # one core: one group
+    assert load.default_plan(None, None) == (1, large)
+    assert load.default_plan(4, None) == (2, large)  # no /proc/meminfo (macOS): by cores
+    assert load.default_plan(4, 2 * gib) == (2, large)  # two groups use at most 1 GiB
+    assert load.default_plan(4, 2 * gib - 1) == (2, small)  # less: smaller batches first
+    assert load.default_plan(4, gib - 1) == (1, small)  # then one group
+    assert load.default_plan(1, gib) == (1, large)
+    assert load.default_plan(4, 100 << 20) == (1, small)  # never none
+    assert load.default_plan(4, 16 * gib, workers=3) == (3, large)  # FLEETSTATE_LOAD_WORKERS
+    assert load.default_plan(4, gib, workers=3) == (3, small)
 
 
 def test_derived_identities_do_not_depend_on_the_time_zone_or_the_groups(tmp_path: Path) -> None:
