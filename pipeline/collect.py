@@ -288,6 +288,8 @@ def run_script(
     try:
         client = connect_client(target, options, closers, counter)
         out = _exec(client, command, deadline)
+        if fired.is_set():  # the watchdog closed the channel: what came is not the report
+            raise TimeoutError(f"host timeout ({options.host_timeout:g}s) exceeded")
         return out
     except Exception as exc:
         if fired.is_set():
@@ -619,6 +621,17 @@ def _handshake(
         )
     except paramiko.BadHostKeyException as exc:
         raise _changed(name, exc.key, files[0]) from exc
+    except paramiko.SSHException as exc:
+        if isinstance(exc, HostKeyError | paramiko.AuthenticationException):
+            raise
+        text = str(exc)
+        # paramiko's words when the server accepted the connection but no SSH came back
+        if text in ("No existing session", "Negotiation failed.") or "banner" in text:
+            raise TimeoutError(
+                f"no SSH handshake within {t:g}s: the server accepted the connection but "
+                f"did not answer as an SSH server ({text})"
+            ) from exc
+        raise
     transport = client.get_transport()
     server_key = transport.get_remote_server_key() if transport else None
     if server_key is not None and revoked(server_key):  # known and trusted, but revoked

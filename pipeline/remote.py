@@ -19,7 +19,9 @@ WINDOW = 1024  # bytes before the cursor offset whose cksum proves the file is s
 
 # POSIX sh; GNU and BSD userlands. Sections whose size is announced before the
 # bytes are read are padded with NUL to the announced size (the file may shrink
-# under us) and the reader drops everything from the first NUL.
+# under us) and the reader drops the NULs at the end. NULs inside the file (a
+# stretch of them after a crash, say) are the file's own bytes: lines after them
+# are pulled, and the loader rejects the line that holds them.
 SCRIPT = r"""
 # shellcheck disable=SC2046,SC2086  # splitting numbers and "$SHA" on purpose; globbing is off
 set -f
@@ -206,10 +208,7 @@ class Pull:
 
 
 def whole_lines(data: bytes) -> bytes:
-    """The prefix of `data` made of complete lines, stopping at any NUL padding."""
-    nul = data.find(b"\0")
-    if nul >= 0:
-        data = data[:nul]
+    """The prefix of `data` made of complete lines (NUL padding is after the last one)."""
     return data[: data.rfind(b"\n") + 1]
 
 
@@ -227,7 +226,7 @@ def interpret(sections: dict[str, bytes], window: bytes) -> Pull:
         return Pull(b"", -1, -1, window, "unreadable", _facts(sections), error)
     history, inode, offset, new_window = b"", 0, 0, b""
     if "rot" in sections:
-        raw = sections["rot"].split(b"\0", 1)[0]
+        raw = sections["rot"].rstrip(b"\0")  # the padding, or a crash's NULs at the end
         inode, offset = _int(sections, "rot_ino"), _int(sections, "rot_skip") + len(raw)
         new_window = ((window if mode == "rotated" else b"") + raw)[-WINDOW:]
         # A finished file's torn last line is kept, terminated, so the loader rejects it.
@@ -294,7 +293,7 @@ def _facts(sections: dict[str, bytes]) -> dict[str, Any]:
 def _decode(raw: bytes | None) -> str | None:
     if raw is None:
         return None
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return raw.rstrip(b"\0").decode("utf-8", "replace")
 
 
 def sha256_hex(data: bytes) -> str:

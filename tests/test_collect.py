@@ -42,6 +42,8 @@ NAMES = [
     "copytrunc",
     "reimage",
     "midline",
+    "nuls",
+    "slow",
     "legacy",
     "mac",
     "ops",
@@ -265,6 +267,26 @@ def test_history_ending_mid_line_takes_whole_lines_only(fleet: Fleet, tmp_path: 
     assert mirrored(tmp_path, "midline") == h.path(HISTORY).read_bytes()
 
 
+def test_nul_bytes_inside_the_history_do_not_stop_its_collection(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A stretch of NULs (a crash before the data reached the disk) is the file's own bytes,
+    not the report's padding: the lines after it are pulled, now and after a rotation."""
+    h = host(fleet, "nuls")
+    collect(fleet, tmp_path, ["nuls"])
+    damaged = lines(1, start=30) + b"\0" * 64 + b"\n" + lines(3, start=31)
+    h.append(HISTORY, damaged)
+    assert collect(fleet, tmp_path, ["nuls"]).per_host[fqdn("nuls")].history_bytes == len(damaged)
+    more = lines(2, start=40)
+    h.append(HISTORY, more + b"\0" * 16)  # ends in NULs: no whole line yet
+    assert collect(fleet, tmp_path, ["nuls"]).per_host[fqdn("nuls")].history_bytes == len(more)
+    h.path(HISTORY).rename(h.path(HISTORY + ".1"))
+    h.append(HISTORY, lines(1, start=50))
+    hr = collect(fleet, tmp_path, ["nuls"]).per_host[fqdn("nuls")]
+    assert hr.mode == "rotated"
+    assert mirrored(tmp_path, "nuls") == lines(5) + damaged + more + lines(1, start=50)
+
+
 def test_real_wrapper_history_with_its_rotation(fleet: Fleet, tmp_path: Path) -> None:
     """Records written by wrapper/puppet_state.sh, rotated by its size cap between pulls."""
     h = host(fleet, "wrapped")
@@ -448,6 +470,44 @@ def test_hung_host_cannot_stall_the_run(fleet: Fleet, tmp_path: Path) -> None:
     assert r.hosts_ok == [fqdn("legacy")]
     assert "timed out" in r.hosts_failed["hung.fleet.test"]
     assert took < 4
+
+
+def test_a_server_that_never_says_ssh_times_out_with_the_connect_timeout(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        fleet.write_client_files(
+            extra_config=f"Host hung.fleet.test\n  HostName 127.0.0.1\n  Port {port}\n"
+        )
+        try:
+            r = collect(fleet, tmp_path, ["hung.fleet.test"], connect_timeout=1, retries=0)
+        finally:
+            fleet.write_client_files()
+    err = r.hosts_failed["hung.fleet.test"]
+    assert err.startswith("timed out talking to") and "no SSH handshake within 1s" in err
+
+
+def test_a_remote_script_that_hangs_is_reported_as_a_timeout(fleet: Fleet, tmp_path: Path) -> None:
+    h = host(fleet, "slow")
+    # the script asks uname for the OS; this uname hangs while /etc/puppet/hang exists (a
+    # file under the host's own /etc/puppet, which the test can add and remove)
+    shim = h.root / "ns/etc_up/fleetsim/bin/uname"
+    shim.write_text('#!/bin/sh\n[ -e /etc/puppet/hang ] && sleep 30\nexec /bin/uname "$@"\n')
+    shim.chmod(0o755)
+    h.write("/etc/puppet/hang", "")
+    try:
+        r = collect(fleet, tmp_path, ["slow", "legacy"], host_timeout=2, retries=0)
+    finally:
+        h.path("/etc/puppet/hang").unlink()
+    assert r.hosts_ok == [fqdn("legacy")]
+    err = r.hosts_failed[fqdn("slow")]
+    assert err.startswith("timed out talking to") and "host timeout (2s) exceeded" in err
+    assert not (tmp_path / fqdn("slow") / "history.jsonl").exists()  # nothing half-pulled
+    assert collect(fleet, tmp_path, ["slow"]).hosts_ok  # and all of it on the next run
+    assert mirrored(tmp_path, "slow") == lines(5)
 
 
 def test_unknown_host_key_refused_unless_accept_new(fleet: Fleet, tmp_path: Path) -> None:

@@ -123,7 +123,8 @@ def test_framing_errors_are_report_errors(bad: bytes) -> None:
 def test_whole_lines_stop_at_torn_line_and_nul_padding() -> None:
     assert whole_lines(b'{"a":1}\n{"b"') == b'{"a":1}\n'
     assert whole_lines(b'{"a":1}\n{"b":2}\n\x00\x00') == b'{"a":1}\n{"b":2}\n'
-    assert whole_lines(b'{"a":1}\n{"b":\x00\x00\n') == b'{"a":1}\n'
+    # NULs followed by a newline are the file's own: padding ends a section
+    assert whole_lines(b'{"a":1}\n{"b":\x00\x00\n{"c":3}\n') == b'{"a":1}\n{"b":\x00\x00\n{"c":3}\n'
 
 
 def test_rotated_torn_tail_is_kept_terminated_and_cursor_moves_on() -> None:
