@@ -12,6 +12,8 @@ import getpass
 import glob
 import os
 import random
+import re
+import shlex
 import socket
 import threading
 import time
@@ -26,7 +28,7 @@ import paramiko
 
 from pipeline import knownhosts
 from pipeline.errors import FleetstateError
-from pipeline.mirror import Cursor, Mirror
+from pipeline.mirror import CURSOR, Cursor, Mirror
 from pipeline.remote import ReportError, build_command, interpret, parse_sections, posix_cksum
 from pipeline.targets import validate_host
 
@@ -167,7 +169,18 @@ def collect_host(
     started = time.monotonic()
     deadline = started + options.host_timeout
     hr = HostResult(host, ok=False)
-    cursor = mirror.read_cursor(host)
+    try:
+        cursor = mirror.read_cursor(host)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        # Guessing would pull the host's history into the mirror a second time: the
+        # operator decides (the error names the file), and the other hosts go on.
+        path = mirror.host_dir(host) / CURSOR
+        hr.error = (
+            f"the mirror's cursor {path} cannot be read ({exc}); removing it collects this "
+            "host afresh (its mirrored history and observations are read again from the host)"
+        )
+        hr.seconds = time.monotonic() - started
+        return hr
     target = SshTarget(host, host, options.port or 22, options.user or "?")
     try:
         target = resolve_target(host, config, options)
@@ -386,27 +399,82 @@ def load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
     if path is None:
         return paramiko.SSHConfig()
     try:
-        return paramiko.SSHConfig.from_text(_expand_includes(path, depth=0))
+        return paramiko.SSHConfig.from_text(_expand_includes(path, depth=0, scope=None))
     except (OSError, UnicodeDecodeError, paramiko.ConfigParseError, ValueError) as exc:
         raise SshConfigError(f"cannot use ssh config {path}: {exc}") from exc
 
 
-def _expand_includes(path: Path, depth: int) -> str:
+# The *KnownHostsFile options list files; paramiko keeps their value as text (minus the
+# quotes of a whole-quoted value), so the expansion below writes a list whose names hold
+# spaces with this separator instead, which no path contains.
+_PATH_SEP = "\0"
+_PATH_LISTS = ("userknownhostsfile", "globalknownhostsfile")
+
+
+def _expand_includes(path: Path, depth: int, scope: str | None) -> str:
+    """The config at `path` with its `Include`s in place, as one text paramiko can read.
+
+    An Include inside a `Host` or `Match` block applies only where that block does, as in
+    ssh_config(5): the included file's own blocks become `Match` lines that require the
+    enclosing block's hosts as well (`scope`, in Match's words), and the lines after the
+    Include are put back in the enclosing block by repeating its header."""
     if depth > 16:
         raise SshConfigError(f"ssh config Include nested too deeply at {path}")
     out = []
+    header: str | None = None  # this file's current block, as written out
     for line in path.read_text(encoding="utf-8").splitlines():
         words = line.split()
-        if len(words) >= 2 and words[0].lower() == "include":
+        key = words[0].lower() if words else ""
+        if key in ("host", "match") and len(words) >= 2:
+            header = _scoped(words, scope)
+            out.append(header)
+        elif key == "include" and len(words) >= 2:
+            inner = _criteria(header) if header else scope
             for pattern in words[1:]:
                 pattern = os.path.expanduser(pattern)
                 if not os.path.isabs(pattern):  # relative to ~/.ssh, as in ssh_config(5)
                     pattern = os.path.expanduser(f"~/.ssh/{pattern}")
                 for included in sorted(glob.glob(pattern)):
-                    out.append(_expand_includes(Path(included), depth + 1))
+                    out.append(_expand_includes(Path(included), depth + 1, inner))
+            # back to where the Include was: this block, the enclosing one, or every host
+            out.append(header or (f"Match {scope}" if scope else "Host *"))
+        elif key.split("=")[0] in _PATH_LISTS:
+            out.append(_path_list_line(line))
         else:
             out.append(line)
     return "\n".join(out) + "\n"
+
+
+def _criteria(header: str) -> str:
+    """A block header as Match criteria: `Host a !b` -> `originalhost a,!b`."""
+    words = header.split(None, 1)
+    if words[0].lower() == "match":
+        return words[1]
+    return "originalhost " + ",".join(shlex.split(words[1]))
+
+
+def _scoped(words: list[str], scope: str | None) -> str:
+    """A Host or Match line of an included file, narrowed to the enclosing block."""
+    line = " ".join(words)
+    if scope is None:
+        return line
+    own = _criteria(line)
+    return f"Match {scope}" if own.strip().lower() == "all" else f"Match {scope} {own}"
+
+
+def _path_list_line(line: str) -> str:
+    """A *KnownHostsFile line with its files split as ssh splits them (quotes kept together)."""
+    m = re.match(r"\s*(\w+)(?:\s*=\s*|\s+)(.*?)\s*$", line)
+    if m is None:
+        return line
+    key, value = m.groups()
+    try:
+        names = shlex.split(value)
+    except ValueError:
+        return line
+    if not any(any(c.isspace() for c in n) for n in names):
+        return line
+    return f"{key} {_PATH_SEP.join(names)}"
 
 
 def resolve_target(host: str, config: paramiko.SSHConfig, options: CollectOptions) -> SshTarget:
@@ -449,7 +517,8 @@ def _config_paths(value: str | None) -> tuple[Path, ...] | None:
     names no file."""
     if value is None:
         return None
-    return tuple(_config_path(p) for p in value.split() if p.lower() != "none")
+    names = value.split(_PATH_SEP) if _PATH_SEP in value else value.split()
+    return tuple(_config_path(p) for p in names if p.lower() != "none")
 
 
 def _config_path(value: str) -> Path:

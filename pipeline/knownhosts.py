@@ -168,9 +168,12 @@ def append(path: Path, name: str, key: paramiko.PKey) -> None:
     line = f"{name} {key.get_name()} {key.get_base64()}\n"
     with LOCK:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a") as fh:
-            fh.write(line)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "r+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end and (fh.seek(end - 1), fh.read(1))[1] != b"\n":
+                line = "\n" + line  # a last line without its newline: keep it whole
+            fh.write(line.encode())
         cached = _CACHE.get(path)
         if cached:  # our own append: keep the parsed copy instead of parsing again
             cached[1].add(name, key)

@@ -13,7 +13,7 @@ from pathlib import Path
 from pipeline.errors import FleetstateError
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_FQDN_DIRECTIVE = re.compile(r"^#\s*fqdn:\s*(\S*)\s*$", re.IGNORECASE)
+_FQDN_DIRECTIVE = re.compile(r"^#\s*fqdn:\s*([^\s#]*)\s*(#.*)?$", re.IGNORECASE)
 
 
 class TargetError(FleetstateError, ValueError):

@@ -433,6 +433,23 @@ def test_ssh_config_include_is_followed(fleet: Fleet, tmp_path: Path) -> None:
     assert r.hosts_ok == ["included.fleet.test"]
 
 
+def test_an_include_inside_a_host_block_stays_in_that_block(fleet: Fleet, tmp_path: Path) -> None:
+    """`StrictHostKeyChecking no` after an Include in `Host lab-*` is for lab-* hosts only,
+    even when the included file opens a `Host *` block: an unknown key is still refused."""
+    inc = tmp_path / "inc.conf"
+    inc.write_text("Host *\n  ServerAliveInterval 30\n")
+    kh = tmp_path / "kh"
+    fleet.write_client_files(
+        extra_config=f"Host lab-*\n  Include {inc}\n  StrictHostKeyChecking no\n"
+    )
+    try:
+        r = collect(fleet, tmp_path / "m", ["legacy"], known_hosts=kh)
+    finally:
+        fleet.write_client_files()
+    assert "unknown host key" in r.hosts_failed[fqdn("legacy")]
+    assert not kh.exists()
+
+
 def test_down_host_is_retried_then_recorded(fleet: Fleet, tmp_path: Path) -> None:
     t0 = time.monotonic()
     r = collect(fleet, tmp_path, ["down", "basic"], retries=2)

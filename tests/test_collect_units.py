@@ -306,3 +306,57 @@ def test_policy_accepts_any_listed_key_and_refuses_revoked_and_changed(tmp_path:
     ca = collect._KnownHostsPolicy(path, accept_new=False, authority=True)
     with pytest.raises(collect.HostKeyError, match="certificate authority"):
         ca.missing_host_key(client, "h", other)
+
+
+def test_ssh_config_include_is_scoped_like_ssh(tmp_path: Path) -> None:
+    from pipeline.collect import _config_paths, load_ssh_config
+
+    (tmp_path / "star.conf").write_text("Host *\n  ServerAliveInterval 30\n")
+    (tmp_path / "other.conf").write_text("User early\nHost unrelated\n  User nobody\n")
+    (tmp_path / "config").write_text(
+        f"Include {tmp_path}/other.conf\n"  # top level: as written, then every host again
+        "Port 2200\n"
+        f"Host lab-*\n  Include {tmp_path}/star.conf\n  StrictHostKeyChecking no\n"
+        f"Host h1\n  Include {tmp_path}/other.conf\n  HostName 127.0.0.9\n"
+        '  UserKnownHostsFile "/k h/known hosts" /plain\n'
+    )
+    cfg = load_ssh_config(tmp_path / "config")
+
+    def get(host: str, key: str) -> object:
+        return cfg.lookup(host).get(key)
+
+    assert get("lab-1", "stricthostkeychecking") == "no"
+    assert get("lab-1", "serveraliveinterval") == "30"
+    assert get("h1", "stricthostkeychecking") is None  # not re-scoped to Host *
+    assert get("h1", "serveraliveinterval") is None  # the included Host * is lab-* only
+    assert (get("h1", "hostname"), get("h1", "user")) == ("127.0.0.9", "early")
+    assert _config_paths(str(get("h1", "userknownhostsfile"))) == (
+        Path("/k h/known hosts"), Path("/plain"),
+    )  # fmt: skip
+    assert get("unrelated", "user") == "early"  # the top-level Include's first line wins
+    assert get("anything", "port") == get("h1", "port") == "2200"  # back to every host
+
+
+def test_an_accepted_key_starts_its_own_line(tmp_path: Path) -> None:
+    import paramiko
+
+    from pipeline import knownhosts
+
+    path = tmp_path / "known_hosts"
+    a, b = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+    path.write_text(f"a.example.com {a.get_name()} {a.get_base64()}")  # no final newline
+    knownhosts.append(path, "b.example.com", b)
+    parsed = knownhosts.parse(path.read_text())
+    assert parsed.keys_for("a.example.com") and parsed.keys_for("b.example.com")
+    assert path.read_text().endswith("\n") and path.read_text().count("\n") == 2
+
+
+def test_a_cursor_that_cannot_be_read_fails_its_host_only(tmp_path: Path) -> None:
+    from pipeline import collect
+
+    mirror = Mirror(tmp_path)
+    (mirror.host_dir("h1") / ".cursor.json").write_text("")  # host_dir creates it
+    hr = collect.collect_host("h1", mirror, collect.CollectOptions(), collect.load_ssh_config(None))
+    assert not hr.ok and hr.error is not None
+    assert ".cursor.json cannot be read" in hr.error and "afresh" in hr.error
+    assert (mirror.host_dir("h1") / ".cursor.json").read_text() == ""  # left for the operator

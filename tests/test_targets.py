@@ -32,9 +32,9 @@ def test_names_and_files_deduplicated_in_order(tmp_path: Path) -> None:
 def test_directive_without_dot_and_relative_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "hosts").write_text("#fqdn: corp.net\nh1\n")
+    (tmp_path / "hosts").write_text("#fqdn: corp.net\nh1\n# FQDN: .dc3.example.com   # dc3\ny1\n")
     monkeypatch.chdir(tmp_path)
-    assert parse_targets(["hosts"]) == ["h1.corp.net"]
+    assert parse_targets(["hosts"]) == ["h1.corp.net", "y1.dc3.example.com"]
 
 
 def test_unreadable_list_is_a_clear_error(tmp_path: Path) -> None:
