@@ -519,9 +519,14 @@ def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
     if not batch.cursors:
         return
     now = datetime.now(UTC)
+    try:
+        parsed = bool(batch.chunks) and _parse(con, batch)
+    except BaseException:
+        _unregister(con)
+        raise
     con.execute("BEGIN TRANSACTION")
     try:
-        if batch.chunks:
+        if parsed:
             _insert_runs(con, batch, now)
         _insert_observations(con, batch, now)
         _save_cursors(con, batch.cursors, now)
@@ -533,11 +538,15 @@ def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
             pass  # a failed COMMIT has ended the transaction: the first error is the one to show
         raise
     finally:
-        for name in ("staged", "staged_files", "cursor_rows"):
-            try:
-                con.unregister(name)
-            except duckdb.Error:
-                pass
+        _unregister(con)
+
+
+def _unregister(con: duckdb.DuckDBPyConnection) -> None:
+    for name in ("staged", "staged_files", "cursor_rows"):
+        try:
+            con.unregister(name)
+        except duckdb.Error:
+            pass
 
 
 def _save_cursors(
@@ -564,9 +573,13 @@ def _save_cursors(
     con.unregister("cursor_rows")
 
 
-def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
-    """Parse the staged lines (fast path, then the slow path for the rest) and insert the
-    runs not yet in the warehouse, the first of each identity in the batch winning."""
+def _parse(con: duckdb.DuckDBPyConnection, batch: Batch) -> bool:
+    """The fast path over the staged lines, into the temp table `fast` (before the batch's
+    transaction: it writes nothing of the warehouse).
+
+    It runs first without TRY around from_json, which costs 0.2 to 0.3 s of CPU per
+    1,000,000 lines even when every line parses; a line that passed the guard but is not
+    JSON makes that fail, and the batch is parsed again with TRY (the same rows)."""
     import pyarrow as pa
 
     staged = pa.concat_tables(batch.chunks)
@@ -580,11 +593,20 @@ def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) ->
     )
     con.register("staged", staged)
     con.register("staged_files", files)
-    con.execute("CREATE OR REPLACE TEMP TABLE fast AS " + records.fast_sql("staged"))
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE fast AS " + records.fast_sql("staged", False))
+    except duckdb.Error:
+        con.execute("CREATE OR REPLACE TEMP TABLE fast AS " + records.fast_sql("staged"))
     # `fast` keeps the lines it did not take: the input can go before the insert needs memory
     con.unregister("staged")
     del staged
     batch.chunks.clear()
+    return True
+
+
+def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
+    """Judge the lines `fast` did not take (the slow path) and insert the runs not yet in
+    the warehouse, the first of each identity in the batch winning."""
     left = con.execute("SELECT count(*) FROM fast WHERE NOT ok").fetchone()
     if left and left[0]:
         lines = (

@@ -271,7 +271,7 @@ def _fast_value_sql(f: Field) -> str:
     return _value_sql(f, x)
 
 
-def fast_sql(staged: str) -> str:
+def fast_sql(staged: str, tolerant: bool = True) -> str:
     """The fast path: a SELECT over `staged` joined to `staged_files` (for the host) that
     accepts the lines the wrapper writes and marks every other line `ok = false` for
     slow_sql to judge. Rows carry file_idx, not the file's source and path: the loader
@@ -303,7 +303,7 @@ WITH parsed AS (
         CASE WHEN s.pre_reason IS NULL AND starts_with(s.line, '{{')
             AND suffix(s.line, '}}' || chr(10)) AND strlen(s.line) <= {MAX_LINE_BYTES + 1}
             AND NOT contains(s.line, '\\') AND NOT contains(s.line, chr(0))
-            THEN TRY(from_json(s.line, {_lit(struct)})) END AS r
+            THEN {"TRY(" if tolerant else "("}from_json(s.line, {_lit(struct)})) END AS r
     FROM {staged} s
 ), seeded AS (
     SELECT *, concat('{{', {_members(seed)}) AS head FROM parsed

@@ -424,3 +424,29 @@ def test_an_unreadable_file_is_named_and_the_others_load(
     later = load.load_mirror(con, mirror)  # readable again: it loads, nothing else repeats
     assert (later.runs_added, later.unreadable) == (1, [])
     _consistent(con)
+
+
+def test_a_line_that_looks_like_a_record_but_is_not_json_is_rejected_alone(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path parses a batch without TRY first; a line that starts and ends like a
+    record but is not JSON makes it parse the batch again with TRY: same rows."""
+    from pipeline import records
+
+    tries: list[bool] = []
+    real = records.fast_sql
+
+    def fast_sql(staged: str, tolerant: bool = True) -> str:
+        tries.append(tolerant)
+        return real(staged, tolerant)
+
+    monkeypatch.setattr(records, "fast_sql", fast_sql)
+    mirror = tmp_path / "m"
+    good = [line(record(run_id=f"r{i}")) for i in range(3)]
+    torn = line(record(run_id="t"))[:40] + line(record(run_id="u"))  # a write cut short
+    write_history(mirror, HOST, good[0] + torn + good[1] + good[2])
+    stats = load.load_mirror(con, mirror)
+    assert (stats.runs_added, stats.rejects_added) == (3, 1)
+    (reason,) = con.execute("SELECT reason FROM rejects").fetchone() or ("",)
+    assert reason.startswith("invalid JSON")
+    assert tries == [False, True]  # the batch was parsed again, with TRY
