@@ -136,9 +136,14 @@ def discover(mirror_dir: Path, hosts: list[str] | None = None) -> list[tuple[str
     wanted = set(hosts) if hosts is not None else None
     found = []
     for d in sorted(mirror_dir.iterdir()):
-        if d.is_dir() and not d.name.startswith((".", "_")):
-            if wanted is None or d.name in wanted:
-                found.append((d.name, d))
+        if d.name.startswith((".", "_")) or (wanted is not None and d.name not in wanted):
+            continue
+        try:
+            is_dir = d.is_dir()
+        except OSError:  # a link into a directory we may not enter: _claim_files names it
+            is_dir = True
+        if is_dir:
+            found.append((d.name, d))
     return found
 
 
@@ -156,7 +161,7 @@ def load_mirror(
     files stay in one group, so repeats never cross groups, and every transaction still
     commits its rows with their cursors."""
     found = discover(mirror_dir, hosts)
-    files, aliases = _claim_files(found)
+    files, aliases, problems = _claim_files(found)
     cursors = _read_cursors(con)
     workers, batch_bytes = default_plan(os.cpu_count(), _available_memory(), WORKERS)
     batch_bytes = BATCH_BYTES or batch_bytes
@@ -166,6 +171,7 @@ def load_mirror(
     else:
         stats = _load_groups(con, groups, cursors, progress, batch_bytes)
     stats.aliases_skipped = aliases
+    stats.unreadable = problems + stats.unreadable
     return stats
 
 
@@ -173,8 +179,9 @@ def load_mirror(
 HostFiles = tuple[str, list[tuple[Path, str]]]
 
 
-def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int]:
-    """Each host's input files, every file under exactly one host, and how many were left out.
+def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, list[str]]:
+    """Each host's input files, every file under exactly one host; how many were left out;
+    and "path: why" of the host directories and files that cannot be examined.
 
     A file reached through two host directories (a symbolic link to another host's
     directory or file) is loaded once: under the host whose path to it has no link, or
@@ -182,13 +189,25 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int]:
     and two groups of hosts would race for its cursor."""
     owners: dict[str, tuple[bool, str]] = {}
     listed: list[tuple[str, list[tuple[Path, str, bool]]]] = []
+    problems: list[str] = []
     for host, hdir in found:
         mine = []
+        try:
+            names = set(os.listdir(hdir))
+        except OSError as exc:
+            problems.append(f"{hdir}: {exc.strerror or exc}")
+            names = set()
         for path in (hdir / HISTORY, hdir / OBSERVATIONS, hdir / STATE_FILE):
-            if not path.is_file():
+            if path.name not in names:
                 continue
-            key = str(path.resolve())
-            linked = hdir.is_symlink() or path.is_symlink()
+            try:
+                if not path.is_file():
+                    continue
+                key = str(path.resolve())
+                linked = hdir.is_symlink() or path.is_symlink()
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror or exc}")
+                continue
             mine.append((path, key, linked))
             best = owners.get(key)
             if best is None or (best[0] and not linked):
@@ -200,7 +219,7 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int]:
         kept = [(path, key) for path, key, _ in mine if owners[key][1] == host]
         skipped += len(mine) - len(kept)
         files.append((host, kept))
-    return files, skipped
+    return files, skipped, problems
 
 
 def _load_groups(

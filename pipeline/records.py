@@ -392,9 +392,12 @@ WITH checked AS (
     FROM keyed k
 ), valued AS (
     SELECT j.file_idx, j.host, j.source, j.source_path, j.byte_offset, j.line, j.reason,
+        -- one parse of the line into (key, JSON text) pairs, the unknown ones kept in order
+        -- (a json_extract per key parsed the line once per key: quadratic in its length)
         CASE WHEN j.reason IS NULL AND len(unknown_keys) > 0 THEN
-            to_json(map_from_entries(list_transform(unknown_keys, lambda k: {{'key': k,
-                'value': json_extract(line, '/' || replace(replace(k, '~', '~0'), '/', '~1'))}})))
+            to_json(map_from_entries(list_filter(
+                map_entries(from_json(line, '"MAP(VARCHAR, JSON)"')),
+                lambda e: NOT list_contains({known_list}, e.key))))
         END AS extra,
         {values}
     FROM judged j
@@ -420,8 +423,32 @@ def _refuse_constant(name: str) -> Any:
     raise _NotJson(name)
 
 
-_PY_JSON_STRING = re.compile(_JSON_STRING)
-_CONSTANT = re.compile(r"-?(?:NaN|Infinity)")
+_QUOTE_OR_CONSTANT = re.compile(r'"|-?(?:NaN|Infinity)')
+
+
+def _constant_at(text: str) -> int | None:
+    """Where the first NaN or Infinity outside a string starts, in one pass over `text`.
+
+    Only called after json.loads met one, so every string before it is closed; a string
+    is skipped from its opening quote to the first quote after an even run of
+    backslashes."""
+    i = 0
+    while (m := _QUOTE_OR_CONSTANT.search(text, i)) is not None:
+        if m.group() != '"':
+            return m.start()
+        j = m.end()
+        while True:
+            j = text.find('"', j)
+            if j < 0:
+                return None
+            k = j
+            while text[k - 1] == "\\":
+                k -= 1
+            if (j - k) % 2 == 0:
+                break
+            j += 1
+        i = j + 1
+    return None
 
 
 def _at(text: str, pos: int) -> str:
@@ -466,9 +493,8 @@ def loads_strict(raw: bytes, object_pairs_hook: Any = None) -> tuple[Any, str | 
         # some of Python's messages end in "at" ("Unterminated string starting at")
         return None, f"invalid JSON: {exc.msg.removesuffix(' at')}{_at(exc.doc, exc.pos)}"
     except _NotJson as exc:
-        blanked = _PY_JSON_STRING.sub(lambda m: " " * len(m.group()), text)
-        found = _CONSTANT.search(blanked)
-        where = _at(text, found.start()) if found else ""
+        found = _constant_at(text)
+        where = _at(text, found) if found is not None else ""
         return None, f"invalid JSON: {exc} is not a JSON number{where}"
     except RecursionError:
         return None, "invalid JSON: nested too deeply to read"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,8 +239,8 @@ def test_split_keeps_hosts_contiguous_and_balanced(tmp_path: Path) -> None:
     sizes = [900, 10, 10, 10, 400, 400, 100]
     for i, size in enumerate(sizes):
         write_history(tmp_path, f"h{i}", b"x" * size)
-    found, skipped = load._claim_files(load.discover(tmp_path))
-    assert skipped == 0
+    found, skipped, problems = load._claim_files(load.discover(tmp_path))
+    assert skipped == 0 and problems == []
     groups = load._split(found, 2)
     # 930 and 900 bytes: a group closes once it holds its share (915)
     assert [[h for h, _ in g] for g in groups] == [["h0", "h1", "h2"], ["h3", "h4", "h5", "h6"]]
@@ -450,3 +451,32 @@ def test_a_line_that_looks_like_a_record_but_is_not_json_is_rejected_alone(
     (reason,) = con.execute("SELECT reason FROM rejects").fetchone() or ("",)
     assert reason.startswith("invalid JSON")
     assert tries == [False, True]  # the batch was parsed again, with TRY
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
+)
+def test_host_directories_and_files_that_cannot_be_entered_are_named(tmp_path: Path) -> None:
+    """Root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH is held to the permission bits,
+    as an operator's own account is."""
+    mirror, db = tmp_path / "m", tmp_path / "w.duckdb"
+    for host in ("a", "b", "c", "d"):
+        write_history(mirror, host, line(record(run_id=f"{host}-1")))
+    (mirror / "c" / "history.jsonl").chmod(0)
+    (mirror / "b").chmod(0)  # cannot be listed
+    (mirror / "d").chmod(0o644)  # listed, but its files cannot be reached
+    caps = "-dac_override,-dac_read_search"
+    cmd = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", sys.executable, "-m",
+           "pipeline", "--db", str(db), "ingest", "--from", str(mirror)]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        for host in ("b", "d"):
+            (mirror / host).chmod(0o755)
+    assert done.returncode == 4, done.stderr
+    assert f"not read: {mirror / 'b'}: Permission denied" in done.stderr
+    assert f"not read: {mirror / 'c' / 'history.jsonl'}: Permission denied" in done.stderr
+    assert f"not read: {mirror / 'd' / 'history.jsonl'}: Permission denied" in done.stderr
+    assert "Traceback" not in done.stderr
+    con = warehouse.connect(db, read_only=True)
+    assert con.execute("SELECT host FROM runs").fetchall() == [("a",)]

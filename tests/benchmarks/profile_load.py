@@ -70,7 +70,7 @@ def loader(mirror: Path, work: Path) -> tuple[float, float, dict[str, list[float
     con = warehouse.connect(work / "fleet.duckdb")
     timed = TimedConnection(con)
     wall, cpu = time.perf_counter(), time.process_time()
-    files, _ = load._claim_files(load.discover(mirror))
+    files, _, _ = load._claim_files(load.discover(mirror))
     load._load_hosts(timed, files, {}, None, threading.Event())  # type: ignore[arg-type]
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     con.close()
