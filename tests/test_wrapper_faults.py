@@ -432,3 +432,74 @@ def test_each_history_line_is_one_write(host: Host) -> None:
     sizes = [len(line) + 1 for line in host.history.read_text().splitlines()]
     assert [int(w.rsplit("=", 1)[1]) for w in writes] == sizes
     assert len(sizes) == 2 and min(sizes) > 30_000
+
+
+TRACING_WC = """#!/bin/bash
+echo "enter $ROLE $(date +%s.%N)" >> {trace}
+sleep "${{HOLD:-1.5}}"
+{wc} "$@"
+echo "exit $ROLE $(date +%s.%N)" >> {trace}
+"""
+
+
+def test_a_lock_released_and_taken_again_meanwhile_is_not_broken(host: Host) -> None:
+    """Y holds the lock; W reads Y's pid, and (held up by strace for 3 s) checks it only
+    after Y has released the lock and exited and Z has taken it. W must not break Z's
+    lock: the writers' times inside the lock (a wc that takes 1.5 s, 4 s for Z) never
+    overlap, and nobody reports breaking a lock."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not available")
+    host.history.parent.mkdir(parents=True, exist_ok=True)
+    host.history.write_text('{"seed":1}\n')  # each writer measures it (wc) under the lock
+    trace = host.root / "trace"
+    slow = host.root / "tracebin"
+    slow.mkdir()
+    write_exe(slow / "wc", TRACING_WC.format(trace=trace, wc=shutil.which("wc")))
+    env = {**host.env, "PATH": f"{slow}:{host.env['PATH']}", "PUPPET_STATE_LOCK_TIMEOUT_S": "30"}
+    writer = [BASH, "-c", f'. "{LIB}"; write_puppet_state /nonexistent "$ROLE" 0 1 /o /v']
+    delay = [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=kill",
+             "-e", "inject=kill:delay_enter=3000000"]  # fmt: skip
+    procs = [subprocess.Popen(writer, env={**env, "ROLE": "Y"}, stderr=subprocess.PIPE)]
+    time.sleep(0.5)  # Y is inside the lock
+    procs.append(subprocess.Popen(delay + writer, env={**env, "ROLE": "W"}, stderr=subprocess.PIPE))
+    time.sleep(0.5)  # W has read Y's pid and is held up before checking it
+    procs.append(
+        subprocess.Popen(writer, env={**env, "ROLE": "Z", "HOLD": "4"}, stderr=subprocess.PIPE)
+    )
+    errors = b"".join(p.communicate(timeout=60)[1] for p in procs)
+    assert b"breaking stale" not in errors, errors
+    spans: dict[str, list[float]] = {}
+    for entry in trace.read_text().splitlines():
+        _, role, when = entry.split()
+        spans.setdefault(role, []).append(float(when))
+    inside = sorted(spans.values())
+    assert sorted(spans) == ["W", "Y", "Z"], (spans, errors)
+    for (_, left), (right, _) in zip(inside, inside[1:], strict=False):
+        assert left <= right  # one writer inside the lock at a time
+    assert sorted(r.get("role", "") for r in host.history_records()) == ["", "W", "Y", "Z"]
+
+
+def test_a_line_that_fits_the_disk_is_appended_when_its_temp_copy_does_not(host: Host) -> None:
+    """12 KB free: the temp copy (6 KB) leaves too little for dd to append it; the line is
+    then appended directly once the copy is gone."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not available")
+    small = host.root / "small"
+    small.mkdir()
+    script = (
+        f'mount -t tmpfs -o size=64k tmpfs "{small}" && mkdir "{small}/log" && '
+        f'head -c 53248 /dev/zero > "{small}/filler" && '
+        f'. "{LIB}" && PUPPET_RUN_HISTORY="{small}/log/h.jsonl" '
+        'write_puppet_state /nonexistent "$(printf "q%.0s" $(seq 1 6000))" 0 1 /o /v && '
+        f'cat "{small}/log/h.jsonl"'
+    )
+    done = subprocess.run(
+        ["unshare", "-m", BASH, "-c", script], env=host.env, capture_output=True, text=True
+    )
+    if done.returncode != 0 and "Operation not permitted" in done.stderr:
+        pytest.skip("cannot mount a tmpfs here")
+    assert done.returncode == 0, done.stderr
+    (record,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record["role"] == "q" * 6000
+    assert "cannot append" not in done.stderr

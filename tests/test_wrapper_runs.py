@@ -246,6 +246,18 @@ def test_override_value_is_what_sh_assigns(host: Host, line: str, compat: str) -
     assert proc.stdout == sh.stdout
 
 
+def test_an_override_line_too_long_for_a_branch_is_skipped(host: Host) -> None:
+    """The value is read a character at a time; a 100 KB line (no branch or URL is that
+    long) is skipped with a warning rather than read, and the next assignment counts."""
+    host.override.write_text(f'PUPPET_BRANCH="{"a" * 100_000}"\nPUPPET_BRANCH="main"\n')
+    proc = host.bash(
+        'puppet_state_override_value "$1" PUPPET_BRANCH; printf %s "$PUPPET_STATE_VALUE"',
+        str(host.override),
+    )
+    assert proc.returncode == 0 and proc.stdout == b"main"
+    assert b"line 1: PUPPET_BRANCH line longer than 4096 characters; line ignored" in proc.stderr
+
+
 @pytest.mark.parametrize(
     "line",
     [

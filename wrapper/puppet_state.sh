@@ -143,6 +143,12 @@ _ps_override_value() {
             ;;
         esac
         case $line in "$key="*) ;; *) continue ;; esac
+        # the word is read a character at a time, which costs bash time quadratic in
+        # the line's length: a repository URL or branch name is far shorter than this
+        if [ "${#line}" -gt 4096 ]; then
+            _ps_log "$file line $n: $key line longer than 4096 characters; line ignored"
+            continue
+        fi
         if _ps_shell_word "${line#"$key="}"; then
             PUPPET_STATE_VALUE=$_PS_WORD
         else
@@ -398,7 +404,7 @@ _ps_git_info() {
 # The owner file names the process holding the lock, _PS_PID (see _ps_my_pid):
 # a waiter breaks the lock when that process is gone.
 _ps_lock() {
-    local dir=$1 tries=0 max absent=0 opid oepoch now parent
+    local dir=$1 tries=0 max absent=0 opid oepoch owner now parent
     local timeout=${PUPPET_STATE_LOCK_TIMEOUT_S:-5} stale=${PUPPET_STATE_LOCK_STALE_S:-60}
     case $timeout in '' | *[!0-9]*) timeout=5 ;; esac
     case $stale in '' | *[!0-9]*) stale=60 ;; esac
@@ -417,9 +423,13 @@ _ps_lock() {
             [ -d "$parent" ] && [ -w "$parent" ] || return 1
             continue
         fi
-        opid="" oepoch=""
+        opid="" oepoch="" owner=""
         if [ -r "$dir/owner" ]; then
-            read -r opid oepoch <"$dir/owner" 2>/dev/null
+            IFS= read -r owner <"$dir/owner" 2>/dev/null
+            opid=${owner%%[[:blank:]]*}
+            oepoch=${owner#"$opid"}
+            oepoch=${oepoch#"${oepoch%%[![:blank:]]*}"}
+            oepoch=${oepoch%%[[:blank:]]*}
             absent=0
         else
             absent=$((absent + 1))
@@ -430,9 +440,21 @@ _ps_lock() {
         if { [ -n "$opid" ] && ! kill -0 "$opid" 2>/dev/null && ! ps -p "$opid" >/dev/null 2>&1; } ||
             { [ -n "$oepoch" ] && [ "$oepoch" -gt 0 ] && [ $((now - oepoch)) -gt "$stale" ]; } ||
             [ "$absent" -gt 20 ]; then
-            _ps_log "breaking stale history lock $dir (holder ${opid:-unknown})"
-            local trash="$dir.stale.${_PS_PID:-$$}.$RANDOM"
-            if mv "$dir" "$trash" 2>/dev/null; then rm -rf "$trash"; fi
+            # The holder judged gone may have released the lock since, and another
+            # writer taken it: the lock is moved aside, and given back unless its
+            # owner file still names the holder judged gone.
+            local trash="$dir.stale.${_PS_PID:-$$}.$RANDOM" taken=""
+            if mv "$dir" "$trash" 2>/dev/null; then
+                [ -r "$trash/owner" ] && IFS= read -r taken <"$trash/owner" 2>/dev/null
+                if [ "$taken" = "$owner" ]; then
+                    _ps_log "breaking stale history lock $dir (holder ${opid:-unknown})"
+                    rm -rf "$trash"
+                elif [ ! -e "$dir" ] && mv "$trash" "$dir" 2>/dev/null; then
+                    :
+                else
+                    rm -rf "$trash"
+                fi
+            fi
             absent=0
             continue
         fi
@@ -518,7 +540,18 @@ _ps_append_line() {
     fi
     # ${#line} counts bytes under LC_ALL=C; 4 bytes a character cover any locale.
     if printf '%s' "$line" >"$tmp" 2>/dev/null; then
-        dd bs=$((${#line} * 4 + 512)) if="$tmp" 2>/dev/null >>"$file" || rc=1
+        local out
+        if ! out=$(dd bs=$((${#line} * 4 + 512)) if="$tmp" 2>&1 >>"$file"); then
+            rc=1
+            case $out in
+            *"0+0 records out"*)
+                # Nothing written: the temp copy took the room the line needed, and
+                # without it the line may still fit.
+                rm -f "$tmp" 2>/dev/null
+                printf '%s' "$line" >>"$file" 2>/dev/null && rc=0
+                ;;
+            esac
+        fi
     else
         # No room for the temp file: the same data cannot be appended either.
         printf '%s' "$line" >>"$file" 2>/dev/null || rc=1
