@@ -58,7 +58,7 @@ def _parse(raw: bytes, host: str) -> tuple[dict[str, Any] | None, str | None]:
     if reason is not None:
         return None, reason
     if not isinstance(obj, dict):
-        return None, f"not a JSON object: {type(obj).__name__}"
+        return None, f"not a JSON object: {_json_type(obj)}"
     if id(obj) in repeated:  # only the top level's keys are fields; nested values are kept
         return None, f"repeated key: {repeated[id(obj)][:80]}"
     when = obj.get("observed_at")
@@ -97,6 +97,21 @@ def _parse(raw: bytes, host: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, "invalid JSON: a number too large for a double"
     row["_embedded"] = _embedded_runs(obj)
     return row, None
+
+
+def _json_type(value: Any) -> str:
+    """The type name the run parser's reasons use (DuckDB's json_type, lower case)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "ubigint" if value >= 0 else "bigint"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "varchar"
+    return "array"
 
 
 def _embedded_runs(obj: dict[str, Any]) -> list[tuple[str, str]]:

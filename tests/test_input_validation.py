@@ -453,3 +453,25 @@ def test_many_unknown_fields_are_kept_in_order(
     kept = json.loads(extra)
     assert list(kept) == [f"k{i}" for i in range(20_000)]
     assert kept["k19999"] == {"n": 19999} and kept["k0"] == [0, "x"]
+
+
+def test_a_line_that_is_not_an_object_has_the_same_reason_in_both_files(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    lines = [b"[1]", b'"s"', b"5", b"-5", b"1.5", b"true", b"null"]
+    mirror = tmp_path / "m"
+    load_history(con, mirror, *lines)
+    load_observations(con, mirror, *lines)
+    reasons = con.execute(
+        "SELECT regexp_extract(source_path, '[^/]*$'), reason FROM rejects ORDER BY byte_offset"
+    ).fetchall()
+    history = [r for f, r in reasons if f == "history.jsonl"]
+    observations = [r for f, r in reasons if f == "observations.jsonl"]
+    assert (
+        history
+        == observations
+        == [
+            "not a JSON object: " + t
+            for t in ("array", "varchar", "ubigint", "bigint", "double", "boolean", "null")
+        ]
+    )

@@ -283,3 +283,18 @@ def test_utf8_fix_at_block_boundaries(host: Host, compat: str) -> None:
     assert proc.returncode == 0, proc.stderr
     got = proc.stdout.split(b"\0")[:-1]
     assert [g.decode() for g in got] == [utf8_fixed(c) for c in cases]
+
+
+def test_record_takes_the_files_named_at_begin(host: Host) -> None:
+    """The named API as wrapper/README.md shows it: the files go to begin only."""
+    snippet = (
+        f'puppet_state_begin --attempt 1 --override "{host.override}" --vault "{host.vault}"\n'
+        "puppet_state_record --exit-code 0 --stage puppet --role r --working-dir /nonexistent"
+    )
+    proc = host.bash(snippet, PUPPET_OVERRIDE_FILE="", PUPPET_VAULT_FILE="")
+    assert proc.returncode == 0, proc.stderr
+    rec = host.state_record()
+    assert (rec["override_path"], rec["override_sha"]) == (
+        str(host.override), sha256_file(host.override),
+    )  # fmt: skip
+    assert (rec["vault_path"], rec["vault_sha"]) == (str(host.vault), sha256_file(host.vault))

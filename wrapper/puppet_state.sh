@@ -691,7 +691,7 @@ _ps_reset_begin() {
 # Build and write one record. Runs in a subshell (see puppet_state_record).
 _ps_record() {
     local exit_code="" stage=puppet role="" wd="" branch="" attempt="" duration=""
-    local override=${PUPPET_OVERRIDE_FILE:-} vault=${PUPPET_VAULT_FILE:-}
+    local override="" vault=""
     local state=${PUPPET_STATE_FILE:-/etc/puppet/last_run_metadata.json}
     local hist=${PUPPET_RUN_HISTORY:-/var/log/puppet_run_history.jsonl}
     local os ts started success host rec j_override_sha j_vault_sha
@@ -712,6 +712,12 @@ _ps_record() {
         shift 2 || break
     done
     os=$(uname -s 2>/dev/null)
+    # not given: the files named at puppet_state_begin (whose hashes it took), else
+    # PUPPET_OVERRIDE_FILE / PUPPET_VAULT_FILE, else the OS defaults
+    [ -n "$override" ] || [ -z "$_PS_BEGIN_DONE" ] || override=$_PS_BEGIN_OVERRIDE
+    [ -n "$vault" ] || [ -z "$_PS_BEGIN_DONE" ] || vault=$_PS_BEGIN_VAULT
+    [ -n "$override" ] || override=${PUPPET_OVERRIDE_FILE:-}
+    [ -n "$vault" ] || vault=${PUPPET_VAULT_FILE:-}
     if [ -z "$override" ]; then
         case $os in Darwin) override=/opt/puppet_environments/ronin_settings ;; *) override=/etc/puppet/ronin_settings ;; esac
     fi
