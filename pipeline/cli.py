@@ -79,7 +79,10 @@ def _open(read_only: bool = True) -> duckdb.DuckDBPyConnection:
 
 
 def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A line on stderr; control characters (from hosts, git, APIs) shown escaped."""
+    from pipeline.render import printable
+
+    print(printable(message), file=sys.stderr, flush=True)
 
 
 @app.command()
@@ -508,17 +511,14 @@ def main() -> None:
     """Entry point: run the app, mapping domain errors to one line and exit code 1."""
     try:
         app()
-    except FleetstateError as exc:
-        print(f"fleetstate: error: {exc}", file=sys.stderr)
-        sys.exit(Exit.ERROR)
-    except OSError as exc:
-        print(f"fleetstate: error: {exc}", file=sys.stderr)
+    except (FleetstateError, OSError) as exc:
+        _progress(f"fleetstate: error: {exc}")
         sys.exit(Exit.ERROR)
     except Exception as exc:
         if not type(exc).__module__.lstrip("_").startswith("duckdb"):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"fleetstate: error: {first}", file=sys.stderr)
+        _progress(f"fleetstate: error: {first}")
         sys.exit(Exit.ERROR)
     except KeyboardInterrupt:
         print("fleetstate: interrupted", file=sys.stderr)

@@ -59,9 +59,20 @@ class ProgressPrinter:
                 pulled=human_bytes(event.bytes_pulled),
             )
         if event.kind == "host" and event.error:
-            self.progress.console.print(f"[red]{event.host}[/]: {event.error}", soft_wrap=True)
+            self.progress.console.print(
+                f"[red]{_shown(event.host)}[/]: {_shown(event.error)}", soft_wrap=True
+            )
         if event.kind == "finish":
             self.progress.stop()
+
+
+def _shown(text: str | None) -> str:
+    """Host data in a rich message: control characters escaped, no markup of its own."""
+    from rich.markup import escape
+
+    from pipeline.render import printable
+
+    return escape(printable(text or ""))
 
 
 def make_progress_printer(console: Console | None = None) -> ProgressPrinter:
@@ -78,7 +89,7 @@ def print_summary(result: FleetResult, console: Console | None = None) -> None:
         f"({human_bytes(result.bytes_on_wire)} on the wire) in {result.seconds:.1f}s"
     )
     for host, error in sorted(result.hosts_failed.items()):
-        console.print(f"  [red]failed[/] {host}: {error}", soft_wrap=True)
+        console.print(f"  [red]failed[/] {_shown(host)}: {_shown(error)}", soft_wrap=True)
 
 
 make_progress = make_progress_printer  # the name the CLI imports

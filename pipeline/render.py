@@ -114,7 +114,7 @@ def print_table(frame: Frame, title: str | None, styles: dict[str, Any]) -> None
         sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
     )
     names = list(frame.columns)
-    header = [n.upper() for n in names]
+    header = [printable(str(n).upper()) for n in names]  # names can come from data (PIVOT)
     lines: list[list[str]] = []
     looks: list[list[str | None]] = []
     for row in frame.iter_rows(named=False):  # one pass: a polars frame converts each time
@@ -161,9 +161,14 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} 
 }  # fmt: skip
 
 
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(_jsonable(value))
+def printable(text: str) -> str:
+    """`text` with control characters shown escaped (\\x1b, \\n, ...): for anything from
+    hosts, git or APIs written to a terminal outside a table cell."""
     return text if text.isprintable() else text.translate(_CONTROL)
+
+
+def _cell(value: Any) -> str:
+    return printable("" if value is None else str(_jsonable(value)))
 
 
 def _width(text: str) -> int:

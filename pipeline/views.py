@@ -95,11 +95,12 @@ def rollout_text(r: analytics.Rollout) -> list[str]:
     """The header, convergence figures, curve and role bars of the table view."""
     s = r.summary.row(0, named=True)
     subject = s["subject"] if s["subject"] is not None else "(commit graph not loaded)"
+    subject = render.printable(subject)  # a commit subject is anyone's text
     authored = render._jsonable(s["author_time"]) or "-"
     lines = [
         f"commit {s['sha']}  {subject}",
         f"authored {authored}  first seen {render._jsonable(s['first_seen']) or 'never'}"
-        + (f"  branches {' '.join(s['branches'])}" if s["branches"] else ""),
+        + (f"  branches {render.printable(' '.join(s['branches']))}" if s["branches"] else ""),
         f"{s['pct_converged'] or 0}% converged: {s['converged']} of {s['hosts']} hosts; "
         f"{s['failed']} failed, {s['regressed']} regressed, {s['pending']} pending, "
         f"{s['unreported']} unreported",
@@ -115,8 +116,9 @@ def rollout_text(r: analytics.Rollout) -> list[str]:
         )  # fmt: skip
     if r.roles.height:
         lines += ["", "converged by role"]
+        roles = [render.printable(str(x)) for x in r.roles["role"]]  # roles come from hosts
         lines += charts.hbars(
-            [str(x) for x in r.roles["role"]], r.roles["pct_converged"].to_list(), width=30,
+            roles, r.roles["pct_converged"].to_list(), width=30,
             top=100, notes=[f"{c}/{h}" for c, h in zip(r.roles["converged"], r.roles["hosts"],
                                                      strict=True)],
         )  # fmt: skip

@@ -331,3 +331,16 @@ def test_a_file_that_is_not_a_warehouse_is_named(tmp_path: Path) -> None:
             done = fs(path, *command)
             assert done.returncode == 1 and "is not a DuckDB warehouse" in done.stderr, done.stderr
         assert path.read_text() == "a,b\n1,2\n"
+
+
+def test_text_from_hosts_and_git_reaches_the_terminal_escaped(tmp_path: Path) -> None:
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    evil = "web\x1b[2J\x1b]0;pwned\x07\nnext"
+    write_history(mirror, "h", line(record(ago(hours=1), git_sha=SHA_A, role=evil, run_id="1")))
+    assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
+    rollout = fs(db, "rollout", SHA_A)  # the role chart and the header are not table cells
+    assert rollout.returncode == 0 and r"web\x1b[2J\x1b]0;pwned\x07\nnext" in rollout.stdout
+    error = fs(db, "sql", "SELECT CAST('\x1b[2J' AS INTEGER)")
+    assert error.returncode == 1 and r"\x1b[2J" in error.stderr
+    for out in (rollout.stdout, rollout.stderr, error.stdout, error.stderr):
+        assert "\x1b" not in out and "\x07" not in out

@@ -62,3 +62,19 @@ def test_no_rows_says_so_on_stderr(
     render.print_table(render.Rows(["host"], []), None, {})
     out, err = capsys.readouterr()
     assert out == "HOST\n" and err == "(no rows)\n"
+
+
+def test_column_names_from_data_are_shown_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PIVOT turns values from hosts into column names."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    render.print_table(render.Rows(["role\x1b[2J\nx", "n"], [(1, 2)]), None, {})
+    assert out.getvalue().splitlines()[0] == r"ROLE\x1b[2J\nX  N"
+    assert "\x1b" not in out.getvalue()
+
+
+def test_host_text_in_rich_messages_is_escaped() -> None:
+    from pipeline.progress import _shown
+
+    assert _shown("evil\x1b]0;pwned\x07 [bold]x[/]") == r"evil\x1b]0;pwned\x07 \[bold]x\[/]"
+    assert _shown(None) == ""
