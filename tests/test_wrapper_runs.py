@@ -227,6 +227,15 @@ OVERRIDE_LINES = [
 ]
 
 
+def branch_value(host: Host, **env: str) -> subprocess.CompletedProcess[bytes]:
+    """PUPPET_BRANCH as the library reads it from the host's override file, on stdout."""
+    return host.bash(
+        'puppet_state_override_value "$1" PUPPET_BRANCH; printf %s "$PUPPET_STATE_VALUE"',
+        str(host.override),
+        **env,
+    )
+
+
 @pytest.mark.parametrize("compat", ["", "3.2"], ids=["bash", "compat32"])
 @pytest.mark.parametrize("line", OVERRIDE_LINES)
 def test_override_value_is_what_sh_assigns(host: Host, line: str, compat: str) -> None:
@@ -237,11 +246,7 @@ def test_override_value_is_what_sh_assigns(host: Host, line: str, compat: str) -
         capture_output=True,
     )
     assert sh.returncode == 0 and sh.stderr == b""
-    proc = host.bash(
-        'puppet_state_override_value "$1" PUPPET_BRANCH; printf %s "$PUPPET_STATE_VALUE"',
-        str(host.override),
-        **({"BASH_COMPAT": compat} if compat else {}),
-    )
+    proc = branch_value(host, **({"BASH_COMPAT": compat} if compat else {}))
     assert proc.returncode == 0 and proc.stderr == b""
     assert proc.stdout == sh.stdout
 
@@ -250,10 +255,7 @@ def test_an_override_line_too_long_for_a_branch_is_skipped(host: Host) -> None:
     """The value is read a character at a time; a 100 KB line (no branch or URL is that
     long) is skipped with a warning rather than read, and the next assignment counts."""
     host.override.write_text(f'PUPPET_BRANCH="{"a" * 100_000}"\nPUPPET_BRANCH="main"\n')
-    proc = host.bash(
-        'puppet_state_override_value "$1" PUPPET_BRANCH; printf %s "$PUPPET_STATE_VALUE"',
-        str(host.override),
-    )
+    proc = branch_value(host)
     assert proc.returncode == 0 and proc.stdout == b"main"
     assert b"line 1: PUPPET_BRANCH line longer than 4096 characters; line ignored" in proc.stderr
 
@@ -281,10 +283,7 @@ def test_override_lines_sh_would_run_are_never_run(host: Host, line: str) -> Non
     """Such a line is skipped with a warning; the earlier value stays."""
     canary = host.root / "canary"
     host.override.write_text(f"PUPPET_BRANCH=good\n{line.replace('{canary}', str(canary))}\n")
-    proc = host.bash(
-        'puppet_state_override_value "$1" PUPPET_BRANCH; printf %s "$PUPPET_STATE_VALUE"',
-        str(host.override),
-    )
+    proc = branch_value(host)
     assert proc.returncode == 0 and proc.stdout == b"good"
     assert b"line 2: PUPPET_BRANCH is not a plain assignment" in proc.stderr
     assert not canary.exists()
