@@ -416,50 +416,64 @@ def _expand_includes(path: Path, depth: int, scope: str | None) -> str:
 
     An Include inside a `Host` or `Match` block applies only where that block does, as in
     ssh_config(5): the included file's own blocks become `Match` lines that require the
-    enclosing block's hosts as well (`scope`, in Match's words), and the lines after the
-    Include are put back in the enclosing block by repeating its header."""
+    enclosing block's hosts as well (`scope`, in Match's words), and the lines after each
+    included file are put back in the enclosing block by repeating its header. (A
+    repeated `Match host` / `Match user` header is judged again against a HostName or
+    User set inside the block, where ssh keeps the block: docs/collector.md.)"""
     if depth > 16:
         raise SshConfigError(f"ssh config Include nested too deeply at {path}")
     out = []
     header: str | None = None  # this file's current block, as written out
     for line in path.read_text(encoding="utf-8").splitlines():
-        words = line.split()
-        key = words[0].lower() if words else ""
-        if key in ("host", "match") and len(words) >= 2:
-            header = _scoped(words, scope)
+        m = _KEYWORD.match(line)
+        key, value = (m.group(1).lower(), m.group(2)) if m else ("", "")
+        if key in ("host", "match") and value:
+            header = _scoped(key, value, scope)
             out.append(header)
-        elif key == "include" and len(words) >= 2:
+        elif key == "include" and value:
             inner = _criteria(header) if header else scope
-            for pattern in words[1:]:
+            back = header or (f"Match {scope}" if scope else "Host *")
+            try:
+                patterns = shlex.split(value, comments=True)
+            except ValueError as exc:
+                raise SshConfigError(f"{path}: cannot read {line.strip()!r}: {exc}") from exc
+            for pattern in patterns:
                 pattern = os.path.expanduser(pattern)
                 if not os.path.isabs(pattern):  # relative to ~/.ssh, as in ssh_config(5)
                     pattern = os.path.expanduser(f"~/.ssh/{pattern}")
                 for included in sorted(glob.glob(pattern)):
                     out.append(_expand_includes(Path(included), depth + 1, inner))
-            # back to where the Include was: this block, the enclosing one, or every host
-            out.append(header or (f"Match {scope}" if scope else "Host *"))
-        elif key.split("=")[0] in _PATH_LISTS:
+                    # back to where the Include was: this block, the enclosing one, or
+                    # every host (each file starts where the Include stands)
+                    out.append(back)
+        elif key in _PATH_LISTS:
             out.append(_path_list_line(line))
         else:
             out.append(line)
     return "\n".join(out) + "\n"
 
 
-def _criteria(header: str) -> str:
-    """A block header as Match criteria: `Host a !b` -> `originalhost a,!b`."""
+# `Keyword value` or `Keyword=value`, as ssh_config(5) reads a line
+_KEYWORD = re.compile(r"\s*(\w+)(?:\s*=\s*|\s+)(.*?)\s*$")
+
+
+def _criteria(header: str) -> str | None:
+    """A block header as Match criteria: `Host a !b` -> `originalhost a,!b`; None for a
+    block of every host (`Match all`, `Host *`)."""
     words = header.split(None, 1)
     if words[0].lower() == "match":
-        return words[1]
-    return "originalhost " + ",".join(shlex.split(words[1]))
+        return None if words[1].strip().lower() == "all" else words[1]
+    patterns = shlex.split(words[1])
+    return None if patterns == ["*"] else "originalhost " + ",".join(patterns)
 
 
-def _scoped(words: list[str], scope: str | None) -> str:
-    """A Host or Match line of an included file, narrowed to the enclosing block."""
-    line = " ".join(words)
+def _scoped(key: str, value: str, scope: str | None) -> str:
+    """A Host or Match line (as `Host value`), narrowed to the enclosing block's scope."""
+    line = f"{key.capitalize()} {value}"
     if scope is None:
         return line
     own = _criteria(line)
-    return f"Match {scope}" if own.strip().lower() == "all" else f"Match {scope} {own}"
+    return f"Match {scope}" if own is None else f"Match {scope} {own}"
 
 
 def _path_list_line(line: str) -> str:
@@ -472,7 +486,7 @@ def _path_list_line(line: str) -> str:
         names = shlex.split(value)
     except ValueError:
         return line
-    if not any(any(c.isspace() for c in n) for n in names):
+    if names == value.split():  # no quotes: paramiko's own reading is ssh's
         return line
     return f"{key} {_PATH_SEP.join(names)}"
 
@@ -497,33 +511,45 @@ def _resolve(
     spec = c.get("proxyjump")
     if with_jumps and spec and spec.lower() != "none" and not proxycommand:
         jumps = tuple(_resolve_hop(hop, config) for hop in spec.split(","))
+    hostname = c.get("hostname", host)
+    port = port or int(c.get("port", 22))
+    user = user or c.get("user") or getpass.getuser()
+    alias = c.get("hostkeyalias") or host
+    tokens = {"h": hostname, "p": str(port), "r": user, "n": host, "k": alias}
     return SshTarget(
         alias=host,
-        hostname=c.get("hostname", host),
-        port=port or int(c.get("port", 22)),
-        user=user or c.get("user") or getpass.getuser(),
+        hostname=hostname,
+        port=port,
+        user=user,
         identity_files=extra_ids + tuple(c.get("identityfile", [])),
         identities_only=c.get("identitiesonly", "no").lower() == "yes",
         proxycommand=None if not proxycommand or proxycommand.lower() == "none" else proxycommand,
         jumps=jumps,
-        known_hosts=_config_paths(c.get("userknownhostsfile")) or (),
-        global_known_hosts=_config_paths(c.get("globalknownhostsfile")) or GLOBAL_KNOWN_HOSTS,
+        known_hosts=_config_paths(c.get("userknownhostsfile"), tokens) or (),
+        global_known_hosts=_config_paths(c.get("globalknownhostsfile"), tokens)
+        or GLOBAL_KNOWN_HOSTS,
         strict_host_key_checking=c.get("stricthostkeychecking", "").lower() or None,
     )
 
 
-def _config_paths(value: str | None) -> tuple[Path, ...] | None:
-    """The files a *KnownHostsFile option lists; None when it is not set. `none`
-    names no file."""
+def _config_paths(value: str | None, tokens: dict[str, str]) -> tuple[Path, ...] | None:
+    """The files a *KnownHostsFile option lists; None when it is not set. `none` names no
+    file: it reads as the empty /dev/null, where a key accepted is not kept (as with ssh)."""
     if value is None:
         return None
     names = value.split(_PATH_SEP) if _PATH_SEP in value else value.split()
-    return tuple(_config_path(p) for p in names if p.lower() != "none")
+    paths = tuple(_config_path(p, tokens) for p in names if p.lower() != "none")
+    return paths or (Path(os.devnull),)
 
 
-def _config_path(value: str) -> Path:
-    """A path from ssh_config: `~`, `%d` (home) and `%u` (local user) expanded."""
-    value = value.replace("%d", str(Path.home())).replace("%u", getpass.getuser())
+def _config_path(value: str, tokens: dict[str, str]) -> Path:
+    """A path from ssh_config with `~` and ssh's %-tokens expanded (%d home, %u local user,
+    %h host name, %p port, %r remote user, %n and %k the name given, %l and %L this
+    machine, %i uid, %% a percent sign; others are left as written)."""
+    local = socket.gethostname()
+    table = {"d": str(Path.home()), "u": getpass.getuser(), "l": local,
+             "L": local.split(".")[0], "i": str(os.getuid()), "%": "%", **tokens}  # fmt: skip
+    value = re.sub(r"%(.)", lambda m: table.get(m.group(1), m.group(0)), value)
     return Path(value).expanduser()
 
 

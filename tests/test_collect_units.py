@@ -330,7 +330,7 @@ def test_ssh_config_include_is_scoped_like_ssh(tmp_path: Path) -> None:
     assert get("h1", "stricthostkeychecking") is None  # not re-scoped to Host *
     assert get("h1", "serveraliveinterval") is None  # the included Host * is lab-* only
     assert (get("h1", "hostname"), get("h1", "user")) == ("127.0.0.9", "early")
-    assert _config_paths(str(get("h1", "userknownhostsfile"))) == (
+    assert _config_paths(str(get("h1", "userknownhostsfile")), {}) == (
         Path("/k h/known hosts"), Path("/plain"),
     )  # fmt: skip
     assert get("unrelated", "user") == "early"  # the top-level Include's first line wins
@@ -360,3 +360,86 @@ def test_a_cursor_that_cannot_be_read_fails_its_host_only(tmp_path: Path) -> Non
     assert not hr.ok and hr.error is not None
     assert ".cursor.json cannot be read" in hr.error and "afresh" in hr.error
     assert (mirror.host_dir("h1") / ".cursor.json").read_text() == ""  # left for the operator
+
+
+# config shapes whose reading must match OpenSSH's own (`ssh -G`); {d} is the directory
+SSH_G_SHAPES = {
+    "include several files, top level": (
+        "Include {d}/a {d}/b\nHost *\n  User last\n",
+        {"a": "Host h1\n  Port 4141\n", "b": "User bu\n"},
+        ["h1", "h2"],
+    ),
+    "include a glob inside a Host block": (
+        "Host h1 h2\n  Include {d}/conf.d/*\n  Port 2323\n",
+        {"conf.d/1": "Host h1\n  HostName one\n", "conf.d/2": "User bu\n"},
+        ["h1", "h2", "h3"],
+    ),
+    "Key=value Include and Host": (
+        "Host=h1\n  Include={d}/inc\n  Port 1616\n",
+        {"inc": "User incu\n"},
+        ["h1", "h2"],
+    ),
+    "include with a Host line inside Match all": (
+        "Match all\n  Include {d}/inc\n  Port 4200\n",
+        {"inc": "Host h1\n  HostName h1real\n"},
+        ["h1", "h2"],
+    ),
+    "quoted include path with a space": (
+        'Host h1\n  Include "{d}/my inc"\n  Port 1717\n',
+        {"my inc": "User incu\n"},
+        ["h1", "h2"],
+    ),
+    "lines after an Include stay in its block": (
+        "Host lab-*\n  Include {d}/star\n  StrictHostKeyChecking no\n"
+        "Host h1\n  HostName 127.0.0.9\n",
+        {"star": "Host *\n  ServerAliveInterval 30\n  User staru\n"},
+        ["h1", "lab-1"],
+    ),
+    "quoted known_hosts names": (
+        'UserKnownHostsFile "{d}/kh1" "{d}/kh2"\nGlobalKnownHostsFile "{d}/g1" {d}/g2\n',
+        {},
+        ["h1"],
+    ),
+    "known_hosts names with %-tokens": (
+        "Host h1\n  HostName real1\n  Port 2200\n  User bob\n"
+        "  UserKnownHostsFile {d}/kh_%h_%p_%r_%n\n",
+        {},
+        ["h1"],
+    ),
+}
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenSSH's ssh (for ssh -G)")
+@pytest.mark.parametrize("shape", sorted(SSH_G_SHAPES))
+def test_ssh_config_reads_as_openssh_reads_it(tmp_path: Path, shape: str) -> None:
+    from pipeline.collect import CollectOptions, load_ssh_config, resolve_target
+
+    main, files, hosts = SSH_G_SHAPES[shape]
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    cfg = tmp_path / "config"
+    cfg.write_text(main.format(d=tmp_path))
+    config = load_ssh_config(cfg)
+    strict = {"no": "false", "off": "false", "yes": "true", None: "ask"}
+    for host in hosts:
+        done = subprocess.run(
+            ["ssh", "-G", "-F", str(cfg), host], capture_output=True, text=True, check=True
+        )
+        theirs = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+        ours = resolve_target(host, config, CollectOptions())
+        assert (ours.hostname, str(ours.port), ours.user) == (
+            theirs["hostname"], theirs["port"], theirs["user"],
+        ), host  # fmt: skip
+        assert (
+            strict.get(ours.strict_host_key_checking, ours.strict_host_key_checking)
+            == (theirs["stricthostkeychecking"])
+        ), host
+        assert [str(p) for p in ours.known_hosts or ()] in (
+            theirs["userknownhostsfile"].split(),
+            [],  # not set: ssh -G prints its defaults
+        ), host
+        if "GlobalKnownHostsFile" in main:
+            assert [str(p) for p in ours.global_known_hosts] == theirs[
+                "globalknownhostsfile"
+            ].split(), host
