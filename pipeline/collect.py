@@ -447,7 +447,7 @@ def _expand_includes(path: Path, depth: int, scope: str | None) -> str:
                     # every host (each file starts where the Include stands)
                     out.append(back)
         elif key in _PATH_LISTS:
-            out.append(_path_list_line(line))
+            out.append(_path_list_line(line, key, value))
         else:
             out.append(line)
     return "\n".join(out) + "\n"
@@ -476,12 +476,9 @@ def _scoped(key: str, value: str, scope: str | None) -> str:
     return f"Match {scope}" if own is None else f"Match {scope} {own}"
 
 
-def _path_list_line(line: str) -> str:
-    """A *KnownHostsFile line with its files split as ssh splits them (quotes kept together)."""
-    m = re.match(r"\s*(\w+)(?:\s*=\s*|\s+)(.*?)\s*$", line)
-    if m is None:
-        return line
-    key, value = m.groups()
+def _path_list_line(line: str, key: str, value: str) -> str:
+    """A *KnownHostsFile line (`key`, `value` as _KEYWORD read them) with its files split as
+    ssh splits them (quotes kept together)."""
     try:
         names = shlex.split(value)
     except ValueError:

@@ -538,34 +538,29 @@ def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
     if not batch.cursors:
         return
     now = datetime.now(UTC)
+    has_lines = bool(batch.chunks)  # _parse releases the chunks
     try:
-        parsed = bool(batch.chunks) and _parse(con, batch)
-    except BaseException:
-        _unregister(con)
-        raise
-    con.execute("BEGIN TRANSACTION")
-    try:
-        if parsed:
-            _insert_runs(con, batch, now)
-        _insert_observations(con, batch, now)
-        _save_cursors(con, batch.cursors, now)
-        con.execute("COMMIT")
-    except BaseException:
+        if has_lines:
+            _parse(con, batch)  # before the transaction: it writes only temp tables
+        con.execute("BEGIN TRANSACTION")
         try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass  # a failed COMMIT has ended the transaction: the first error is the one to show
-        raise
+            if has_lines:
+                _insert_runs(con, batch, now)
+            _insert_observations(con, batch, now)
+            _save_cursors(con, batch.cursors, now)
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # a failed COMMIT has ended the transaction: the first error is shown
+            raise
     finally:
-        _unregister(con)
-
-
-def _unregister(con: duckdb.DuckDBPyConnection) -> None:
-    for name in ("staged", "staged_files", "cursor_rows"):
-        try:
-            con.unregister(name)
-        except duckdb.Error:
-            pass
+        for name in ("staged", "staged_files", "cursor_rows"):
+            try:
+                con.unregister(name)
+            except duckdb.Error:
+                pass
 
 
 def _save_cursors(
@@ -592,7 +587,7 @@ def _save_cursors(
     con.unregister("cursor_rows")
 
 
-def _parse(con: duckdb.DuckDBPyConnection, batch: Batch) -> bool:
+def _parse(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
     """The fast path over the staged lines, into the temp table `fast` (before the batch's
     transaction: it writes nothing of the warehouse).
 
@@ -620,7 +615,6 @@ def _parse(con: duckdb.DuckDBPyConnection, batch: Batch) -> bool:
     con.unregister("staged")
     del staged
     batch.chunks.clear()
-    return True
 
 
 def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
