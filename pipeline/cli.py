@@ -507,6 +507,19 @@ def metrics(
         metrics_mod.write_textfile(out, text)
 
 
+def _one_line_summaries() -> None:
+    """typer's command list (in its rich mode) keeps the line breaks of a summary that
+    spans two docstring lines; each command's own --help joins them. Give the list the
+    summary as one line."""
+    for info in app.registered_commands:
+        if info.short_help is None and info.callback is not None and info.callback.__doc__:
+            first = info.callback.__doc__.split("\n\n")[0]
+            info.short_help = " ".join(first.split())
+
+
+_one_line_summaries()
+
+
 def main() -> None:
     """Entry point: run the app, mapping domain errors to one line and exit code 1."""
     try:

@@ -47,6 +47,18 @@ def test_every_command_has_help_with_an_example(command: str, tmp_path: Path) ->
     assert "%%" not in done.stdout  # click does not unescape it: it was shown as is
 
 
+def test_command_list_shows_each_summary_on_one_line(tmp_path: Path) -> None:
+    """typer's command list kept the line breaks of a two-line summary in its docstring:
+    `rollout` read "how far behind or ahead each" and "host is" on separate rows."""
+    top = fs(tmp_path / "x.duckdb", "--help").stdout
+    from pipeline.cli import app
+
+    for info in app.registered_commands:
+        summary = (info.callback.__doc__ or "").split("\n\n")[0] if info.callback else ""
+        # every summary is shorter than the row at 200 columns: its words are on one line
+        assert " ".join(summary.split()) in top, info.callback
+
+
 def test_help_shows_the_defaults_of_paths(tmp_path: Path) -> None:
     """Defaults written in square brackets were taken for rich markup and vanished."""
     top = fs(tmp_path / "x.duckdb", "--help").stdout
