@@ -115,7 +115,7 @@ def drift_by_day(daily: pl.DataFrame) -> pl.DataFrame:
     """drift_daily summed over roles: one row per day for the chart (modal is per role, so
     off_modal here is the hosts off their own role's modal commit)."""
     counts = ["hosts", "off_modal", "failing", "with_override", "dirty",
-              "override_differs", "vault_differs"]  # fmt: skip
+              "override_differs", "vault_differs", "config_differs"]  # fmt: skip
     return daily.group_by("day").agg([pl.col(c).sum() for c in counts]).sort("day")
 
 

@@ -117,8 +117,10 @@ def ingest(
         ),
     ] = None,
     user: Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds one host may take.")] = 60.0,
-    connect_timeout: Annotated[float, typer.Option(help="Seconds to establish SSH.")] = 10.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds one host may take.")] = 60.0,
+    connect_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to establish SSH.")
+    ] = 10.0,
     retries: Annotated[
         int, typer.Option(min=0, max=10, help="Retries of refused/timed-out/reset connections.")
     ] = 2,
@@ -224,9 +226,14 @@ def rollout(
     role: Annotated[str | None, typer.Option(help="Only hosts of this role.")] = None,
     min_pct: Annotated[
         float | None,
-        typer.Option("--min", help="Exit 3 when less than this percentage of hosts has converged."),
+        typer.Option(
+            "--min",
+            min=0,
+            max=100,
+            help="Exit 3 when less than this percentage of hosts has converged.",
+        ),
     ] = None,
-    stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
+    stale_hours: Annotated[int, typer.Option(min=0, help="Silent this long = unreported.")] = 24,
     part: Annotated[
         Part | None,
         typer.Option(help="One part (default hosts); 'report': everything as one json object."),
@@ -281,12 +288,22 @@ def rollout(
         if not s["hosts"]:
             _progress(f"gate not met: no hosts in scope (--min {min_pct:g}%)")
         else:
-            share = 100 * s["converged"] / s["hosts"]
+            share = _share_below(100 * s["converged"] / s["hosts"], min_pct)
             _progress(
                 f"gate not met: {s['converged']} of {s['hosts']} hosts converged "
-                f"({share:.4g}%) < {min_pct:g}%"
+                f"({share}%) < {min_pct:g}%"
             )
         raise typer.Exit(Exit.GATE)
+
+
+def _share_below(share: float, limit: float) -> str:
+    """`share` (below `limit`) with as many digits as it takes to read as below it:
+    2 of 3 is 66.67 at 4 digits, which is not below --min 66.67."""
+    for digits in range(4, 18):
+        text = f"{share:.{digits}g}"
+        if float(text) < limit:
+            return text
+    return repr(share)
 
 
 def _rollout_line(result: Rollout) -> str:
@@ -449,7 +466,7 @@ def ingest_workers(
     root_url: Annotated[
         str, typer.Option(envvar="TASKCLUSTER_ROOT_URL", help="Taskcluster deployment root URL.")
     ],
-    timeout: Annotated[float, typer.Option(help="Seconds per HTTP request.")] = 30.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per HTTP request.")] = 30.0,
 ) -> None:
     """Record each worker's last-active time and quarantine from Taskcluster's queue (HEALTHY).
 
@@ -488,7 +505,7 @@ def metrics(
             help="Also export the rollout share of this commit.",
         ),
     ] = None,
-    stale_hours: Annotated[int, typer.Option(help="Silent this long = unreported.")] = 24,
+    stale_hours: Annotated[int, typer.Option(min=0, help="Silent this long = unreported.")] = 24,
 ) -> None:
     """The fleet state in Prometheus text format: last run time and success, applied commit,
     override applied, healthy, and a configured commit's rollout share.

@@ -18,7 +18,9 @@ import pyarrow as pa  # type: ignore[import-untyped,unused-ignore]
 
 from pipeline.errors import FleetstateError
 
-_FIELDS = "%H%x00%P%x00%at%x00%ct%x00%an%x00%s%x1e"
+# six NUL-terminated fields a commit (git ends each commit with a newline): no field can
+# hold a NUL, where any other separator may be in a subject or an author's name
+_FIELDS = "%H%x00%P%x00%at%x00%ct%x00%an%x00%s%x00"
 
 
 class GitError(FleetstateError):
@@ -46,10 +48,13 @@ def _git(repo: Path, *args: str, stdin: str | None = None) -> str:
     try:
         done = subprocess.run(
             ["git", "-C", str(repo), *args],
-            input=stdin, capture_output=True, text=True, check=False, timeout=600,
+            input=stdin, capture_output=True, encoding="utf-8", errors="replace",
+            check=False, timeout=600,
         )  # fmt: skip
     except FileNotFoundError as exc:
         raise GitError("git is not installed (needed to read the commit graph)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(f"git {args[0]} in {repo} took more than {exc.timeout:g} s") from exc
     if done.returncode != 0:
         first = (done.stderr.strip().splitlines() or ["failed"])[0]
         raise GitError(f"git {args[0]} in {repo}: {first}")
@@ -88,13 +93,11 @@ def fetch_commits(repo: Path, tips: list[str], exclude: list[str]) -> list[Commi
         args += ["--not", *exclude]
     out = _git(repo, *args, "--")
     commits = []
-    for record in out.split("\x1e"):
-        record = record.strip("\n")
-        if not record:
-            continue
-        sha, parents, at, ct, author, subject = record.split("\x00", 5)
+    fields = out.split("\x00")
+    for i in range(0, len(fields) - 5, 6):
+        sha, parents, at, ct, author, subject = fields[i : i + 6]
         commits.append(Commit(
-            sha=sha, parents=parents.split(), author=author, subject=subject,
+            sha=sha.strip(), parents=parents.split(), author=author, subject=subject,
             author_time=datetime.fromtimestamp(int(at), UTC),
             commit_time=datetime.fromtimestamp(int(ct), UTC),
         ))  # fmt: skip

@@ -18,7 +18,8 @@ _HEX = re.compile(r"[0-9a-fA-F]{7,40}")
 
 
 def resolve_sha(con: duckdb.DuckDBPyConnection, prefix: str) -> str:
-    """A full sha from a unique prefix of 7+ hex digits of a commit seen in runs or the graph."""
+    """A full sha from a unique prefix of 7+ hex digits of a commit seen in runs or the graph;
+    a full sha is taken as it is when no host has run it yet (a commit just pushed)."""
     if not _HEX.fullmatch(prefix):
         raise FleetstateError(f"not a commit sha or prefix of 7+ hex digits: {prefix!r}")
     rows = con.execute(
@@ -30,6 +31,8 @@ def resolve_sha(con: duckdb.DuckDBPyConnection, prefix: str) -> str:
         """,
         [prefix],
     ).fetchall()
+    if not rows and len(prefix) == 40:
+        return prefix.lower()  # a commit no host has run yet: every host is not at it yet
     if not rows:
         raise FleetstateError(f"no commit starting with {prefix} has been seen in the fleet")
     if len(rows) > 1:
@@ -54,7 +57,12 @@ def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.Da
         """
         SELECT ts, success, exit_code, stage, git_sha, git_branch, role, duration_s,
                override_sha, vault_sha, git_dirty, attempt, source, run_id
-        FROM runs WHERE host = ? ORDER BY ts DESC LIMIT ?
+        FROM runs WHERE host = ?
+        -- queries/10_latest_runs.sql's newest_first, written out: a warehouse opened
+        -- read-only may predate that macro
+        ORDER BY ts DESC, CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
+            coalesce(byte_offset, 0) DESC, run_id
+        LIMIT ?
         """,
         [host, limit],
     )

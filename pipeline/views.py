@@ -116,7 +116,8 @@ def rollout_text(r: analytics.Rollout) -> list[str]:
         )  # fmt: skip
     if r.roles.height:
         lines += ["", "converged by role"]
-        roles = [render.printable(str(x)) for x in r.roles["role"]]  # roles come from hosts
+        # roles come from hosts; a host without one is not a role named "None"
+        roles = [render.printable(x) if x is not None else "(no role)" for x in r.roles["role"]]
         lines += charts.hbars(
             roles, r.roles["pct_converged"].to_list(), width=30,
             top=100, notes=[f"{c}/{h}" for c, h in zip(r.roles["converged"], r.roles["hosts"],
@@ -167,7 +168,7 @@ def drift_chart(by_day: pl.DataFrame) -> list[str]:
         f"{off}/{n} off modal, {fail} failing, {diff} config not applied"
         for off, n, fail, diff in zip(
             by_day["off_modal"], by_day["hosts"], by_day["failing"],
-            by_day["override_differs"] + by_day["vault_differs"], strict=True,
+            by_day["config_differs"], strict=True,
         )
     ]  # fmt: skip
     share = [100.0 * o / n if n else 0.0 for o, n in zip(by_day["off_modal"], by_day["hosts"],

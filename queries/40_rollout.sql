@@ -8,29 +8,28 @@
 -- run at the target after the last successful run elsewhere); set whenever the latest
 -- successful run is at the target, so a `failed` host keeps it.
 --
--- Hosts, roles and "latest" are those of host_state/latest_run (ties: history before
--- state file, then the smaller run_id), computed here in one pass over runs: arg_min on
--- a lexicographic key instead of sorting every run (10x faster on millions of runs).
+-- Hosts, roles and "latest" are those of host_state/latest_run (newest_first; a host's
+-- role: its latest run's, else its latest contact's), computed here in one pass over
+-- runs: arg_min on the key instead of sorting every run (10x faster on millions of runs).
 CREATE OR REPLACE MACRO rollout(target, stale_hours := 24) AS TABLE
 WITH at_target AS (
     SELECT sha FROM commits_at(target)
 ), marked AS (
     SELECT host, ts, success, exit_code, git_sha, role,
         coalesce(git_sha IN (SELECT sha FROM at_target), false) AS is_at,
-        {'ts': -epoch_us(ts),
-         'rank': CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
-         'run_id': run_id} AS newest_first
+        newest_first(ts, source, byte_offset, run_id) AS newest
     FROM runs
 ), per_host AS (
     SELECT host,
         arg_min({'sha': git_sha, 'ts': ts, 'success': success, 'exit_code': exit_code,
-                 'role': role, 'is_at': is_at}, newest_first)              AS lr,
-        arg_min({'sha': git_sha, 'is_at': is_at}, newest_first) FILTER (WHERE success) AS ls,
-        max(ts) FILTER (WHERE success AND NOT is_at)                     AS last_ok_elsewhere,
+                 'role': role, 'is_at': is_at}, newest)                    AS lr,
+        arg_min({'sha': git_sha, 'is_at': is_at}, newest) FILTER (WHERE success) AS ls,
+        min(newest) FILTER (WHERE success AND NOT is_at)                 AS last_ok_elsewhere,
         bool_or(success AND is_at)                                       AS ever_ok_at
     FROM marked GROUP BY host
 ), contact_role AS (
-    SELECT host, arg_max(role, observed_at) AS role
+    -- latest_contact's role, NULL included (arg_max on a struct keeps a NULL role)
+    SELECT host, arg_max({'role': role}, observed_at).role AS role
     FROM observations WHERE reachable GROUP BY host
 ), hosts AS (
     SELECT coalesce(p.host, c.host) AS host, p.lr, p.ls, p.last_ok_elsewhere, p.ever_ok_at,
@@ -43,7 +42,8 @@ WITH at_target AS (
 ), converged_since AS (
     SELECT m.host, min(m.ts) AS converged_at
     FROM marked m JOIN hosts h USING (host)
-    WHERE m.success AND m.is_at AND (h.last_ok_elsewhere IS NULL OR m.ts > h.last_ok_elsewhere)
+    WHERE m.success AND m.is_at
+        AND (h.last_ok_elsewhere IS NULL OR m.newest < h.last_ok_elsewhere)
     GROUP BY m.host
 )
 SELECT

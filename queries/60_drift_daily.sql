@@ -10,14 +10,17 @@
 --   override_differs       hosts whose current override (the last reachable observation
 --   vault_differs          by the end of the day) differs from what puppet last applied
 --                          successfully by then; hosts never observed or never successful
---                          are not counted
+--                          are not counted, nor is a hash the collector could not read
+--   config_differs         hosts with either difference
 CREATE OR REPLACE VIEW drift_daily AS
 WITH days AS (
-    -- a struct is never NULL, so arg_max takes the last run even where its values are NULL
-    SELECT host, CAST(ts AS DATE) AS day, arg_max(role, ts) AS role,
-        arg_max({'sha': git_sha, 'ok': success, 'o': override_sha, 'dirty': git_dirty}, ts)
-            AS last,
-        arg_max({'o': override_sha, 'v': vault_sha}, ts) FILTER (WHERE success) AS ok_day
+    -- a struct is never NULL, so arg_min takes the last run even where its values are NULL
+    SELECT host, CAST(ts AS DATE) AS day,
+        arg_min(role, newest_first(ts, source, byte_offset, run_id)) AS role,
+        arg_min({'sha': git_sha, 'ok': success, 'o': override_sha, 'dirty': git_dirty},
+            newest_first(ts, source, byte_offset, run_id)) AS last,
+        arg_min({'o': override_sha, 'v': vault_sha},
+            newest_first(ts, source, byte_offset, run_id)) FILTER (WHERE success) AS ok_day
     FROM runs GROUP BY host, CAST(ts AS DATE)
 ), daily AS (
     SELECT host, day, role, last.sha AS sha, last.ok AS ok, last.o AS override_sha,
@@ -32,13 +35,18 @@ WITH days AS (
     FROM daily
 ), judged AS (
     SELECT a.*,
-        o.host IS NOT NULL AND a.last_ok IS NOT NULL
+        o.host IS NOT NULL AND a.last_ok IS NOT NULL AND o.override_known
             AND o.override_sha IS DISTINCT FROM a.last_ok.o AS override_differs,
-        o.host IS NOT NULL AND a.last_ok IS NOT NULL
+        o.host IS NOT NULL AND a.last_ok IS NOT NULL AND o.vault_known
             AND o.vault_sha IS DISTINCT FROM a.last_ok.v AS vault_differs
     FROM applied a
     ASOF LEFT JOIN (
-        SELECT host, observed_at, override_sha, vault_sha FROM observations WHERE reachable
+        -- a hash the collector could not read (override present but unreadable, vault
+        -- without sudo) is unknown, not a difference; an absent file is known (NULL)
+        SELECT host, observed_at, override_sha, vault_sha,
+            override_sha IS NOT NULL OR NOT coalesce(override_present, false) AS override_known,
+            vault_sha IS NOT NULL OR coalesce(vault_status, 'absent') = 'absent' AS vault_known
+        FROM observations WHERE reachable
     ) o ON a.host = o.host AND a.day_end > o.observed_at
 ), sha_counts AS (
     SELECT day, role, sha, count(*) AS n FROM daily WHERE sha IS NOT NULL GROUP BY ALL
@@ -57,7 +65,8 @@ SELECT
     count(*) FILTER (WHERE d.override_sha IS NOT NULL)          AS with_override,
     count(*) FILTER (WHERE d.dirty)                             AS dirty,
     count(*) FILTER (WHERE d.override_differs)                  AS override_differs,
-    count(*) FILTER (WHERE d.vault_differs)                     AS vault_differs
+    count(*) FILTER (WHERE d.vault_differs)                     AS vault_differs,
+    count(*) FILTER (WHERE d.override_differs OR d.vault_differs) AS config_differs
 FROM judged d LEFT JOIN modal m ON m.day = d.day AND m.role IS NOT DISTINCT FROM d.role
 GROUP BY d.day, d.role, m.modal_sha
 ORDER BY d.day, d.role;

@@ -139,7 +139,7 @@ def test_drift_command_json_and_chart(con: duckdb.DuckDBPyConnection, tmp_path: 
     rows = json.loads(out.stdout)
     assert list(rows[0]) == [
         "day", "role", "hosts", "distinct_shas", "modal_sha", "off_modal", "failing",
-        "with_override", "dirty", "override_differs", "vault_differs",
+        "with_override", "dirty", "override_differs", "vault_differs", "config_differs",
     ]  # fmt: skip
     assert len(rows) == 60 and rows[0]["day"] == START.isoformat()
     table = CliRunner().invoke(app, ["--db", db, "drift", "--since", "60d"]).stdout
