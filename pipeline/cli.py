@@ -28,6 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: wrapped to the terminal, never cut off
+    context_settings={"max_content_width": 120},
 )
 
 
@@ -88,7 +90,8 @@ def _progress(message: str) -> None:
 @app.command()
 def ingest(
     targets: Annotated[
-        list[str] | None, typer.Argument(help="Host names or host-list files.")
+        list[str] | None,
+        typer.Argument(metavar="HOST|FILE", help="Host names or host-list files."),
     ] = None,
     from_dir: Annotated[
         Path | None, typer.Option("--from", help="Load a mirror-layout directory instead of SSH.")
@@ -96,7 +99,9 @@ def ingest(
     mirror: Annotated[Path, typer.Option(help="Where collected bytes are kept.")] = Path(
         "data/mirror"
     ),
-    jobs: Annotated[int, typer.Option(min=1, max=256, help="Hosts collected at once.")] = 16,
+    jobs: Annotated[
+        int, typer.Option(min=1, max=256, metavar="N", help="Hosts collected at once.")
+    ] = 16,
     accept_new_host_keys: Annotated[
         bool,
         typer.Option(
@@ -117,20 +122,26 @@ def ingest(
         ),
     ] = None,
     user: Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")] = None,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds one host may take.")] = 60.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds one host may take.")
+    ] = 60.0,
     connect_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds to establish SSH.")
+        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds to establish SSH.")
     ] = 10.0,
     retries: Annotated[
-        int, typer.Option(min=0, max=10, help="Retries of refused/timed-out/reset connections.")
+        int,
+        typer.Option(
+            min=0, max=10, metavar="N", help="Retries of refused/timed-out/reset connections."
+        ),
     ] = 2,
     port: Annotated[int | None, typer.Option(help="SSH port when ssh_config names none.")] = None,
     identity: Annotated[
-        list[Path] | None, typer.Option(help="Private key file (repeatable).")
+        list[Path] | None, typer.Option(metavar="FILE", help="Private key file (repeatable).")
     ] = None,
 ) -> None:
     """Pull new history bytes and current state from hosts, then load them.
 
+    \b
     Example: fleetstate ingest hosts.txt --jobs 32
              fleetstate ingest --from data/sample-fleet
     """
@@ -203,6 +214,7 @@ def status(
 ) -> None:
     """The monitor: one row per host, what puppet last applied and whether it is current.
 
+    \b
     Example: fleetstate status --filter 'applied=N|? pp_last>2h'
     """
     from pipeline import filters, monitor
@@ -230,10 +242,13 @@ def rollout(
             "--min",
             min=0,
             max=100,
+            metavar="PCT",
             help="Exit 3 when less than this percentage of hosts has converged.",
         ),
     ] = None,
-    stale_hours: Annotated[int, typer.Option(min=0, help="Silent this long = unreported.")] = 24,
+    stale_hours: Annotated[
+        int, typer.Option(min=0, metavar="HOURS", help="Silent this long = unreported.")
+    ] = 24,
     part: Annotated[
         Part | None,
         typer.Option(help="One part (default hosts); 'report': everything as one json object."),
@@ -241,48 +256,65 @@ def rollout(
     watch: Annotated[
         bool, typer.Option(help="Ingest, refresh, repeat until complete (or --min met).")
     ] = False,
-    interval: Annotated[float, typer.Option(min=0, help="Seconds between refreshes.")] = 60.0,
+    interval: Annotated[
+        float, typer.Option(min=0, metavar="SECONDS", help="Seconds between refreshes.")
+    ] = 60.0,
     from_dir: Annotated[
         Path | None, typer.Option("--from", help="--watch: load this mirror directory each time.")
     ] = None,
     ingest_targets: Annotated[
-        list[str] | None, typer.Option("--ingest", help="--watch: collect these hosts each time.")
+        list[str] | None,
+        typer.Option(
+            "--ingest", metavar="HOST|FILE", help="--watch: collect these hosts each time."
+        ),
     ] = None,
     iterations: Annotated[
-        int | None, typer.Option(min=1, help="--watch: stop after this many refreshes.")
+        int | None,
+        typer.Option(min=1, metavar="N", help="--watch: stop after this many refreshes."),
     ] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Progress of a commit across the fleet, in depth: statuses, how far behind or ahead each
     host is, time to converge (p50, p90, max), the hourly convergence curve, roles, stragglers.
 
+    \b
     Example: fleetstate rollout 3f2a9c1 --role gecko_t_linux_talos --min 95
              fleetstate rollout 3f2a9c1 --watch --interval 300 --ingest hosts.txt
              fleetstate rollout 3f2a9c1 --format csv --part curve
     """
     from pipeline import views
 
+    if not watch and (from_dir is not None or ingest_targets or iterations is not None):
+        raise typer.BadParameter("only with --watch", param_hint="--from/--ingest/--iterations")
     ingesting = watch and (from_dir is not None or bool(ingest_targets))
     refreshes = 0
-    while True:
-        if ingesting:
-            _ingest_quietly(ingest_targets, from_dir)
-        # after an ingest in this process, reopen the warehouse the way the ingest did
-        result = _rollout_once(sha, role, stale_hours, read_only=not ingesting)
-        refreshes += 1
-        gate_met = min_pct is not None and result.meets(min_pct)
-        last = not watch or result.complete or gate_met or refreshes == iterations
-        if fmt is Format.table:
-            if watch and sys.stdout.isatty():
-                print("\033[H\033[2J", end="")
-            views.emit_rollout_depth(result, fmt.value, part.value if part else None)
-        elif last:  # json and csv: one document on stdout, the refreshes before on stderr
-            views.emit_rollout_depth(result, fmt.value, part.value if part else None)
-        else:
-            _progress(_rollout_line(result))
-        if last:
-            break
-        time.sleep(interval)
+    shown: Rollout | None = None  # json and csv: the refresh stdout has not had yet
+    try:
+        while True:
+            if ingesting:
+                _ingest_quietly(ingest_targets, from_dir)
+            # after an ingest in this process, reopen the warehouse the way the ingest did
+            result = _rollout_once(sha, role, stale_hours, read_only=not ingesting)
+            refreshes += 1
+            gate_met = min_pct is not None and result.meets(min_pct)
+            last = not watch or result.complete or gate_met or refreshes == iterations
+            if fmt is Format.table:
+                if watch and sys.stdout.isatty():
+                    print("\033[H\033[2J", end="")
+                views.emit_rollout_depth(result, fmt.value, part.value if part else None)
+            elif last:  # json and csv: one document on stdout, the refreshes before on stderr
+                shown = None
+                views.emit_rollout_depth(result, fmt.value, part.value if part else None)
+            else:
+                shown = result
+                _progress(_rollout_line(result))
+            if last:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:  # Ctrl-C ends a watch: stdout still gets its one document
+        if shown is not None:
+            views.emit_rollout_depth(shown, fmt.value, part.value if part else None)
+        raise
     if min_pct is not None and not result.meets(min_pct):
         s = result.summary.row(0, named=True)
         if not s["hosts"]:
@@ -335,12 +367,15 @@ def _ingest_quietly(targets: list[str] | None, from_dir: Path | None) -> None:
 
 @app.command()
 def history(
-    host: Annotated[str, typer.Argument(help="Host name as in `status`.")],
-    limit: Annotated[int, typer.Option(min=1)] = 50,
+    host: Annotated[
+        str, typer.Argument(help="Host name as in `status` (any case), or its unique short name.")
+    ],
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Newest runs shown.")] = 50,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """The runs of one host, newest first.
 
+    \b
     Example: fleetstate history t-linux64-ms-001.test.releng.mdc1.mozilla.com --limit 10
     """
     from pipeline import report, views
@@ -366,15 +401,24 @@ def drift(
     """Drift over time: per day and role, how many commits the fleet ran and who was off the
     norm, failing, overridden, dirty, or not running its current override or vault.
 
+    \b
     Example: fleetstate drift --since 14d --format csv
              fleetstate drift --part intervals --host t-linux64-ms-001.test.releng.mdc1.mozilla.com
     """
     from pipeline import analytics, render, views
     from pipeline.durations import parse_duration
 
-    con = _open()
+    if host is not None and part is not DriftPart.intervals:
+        raise typer.BadParameter("only with --part intervals", param_hint="--host")
     since_s = parse_duration(since)
+    if since_s == 0:
+        raise typer.BadParameter("a duration longer than 0 (30d, 12h, 2w)", param_hint="--since")
+    con = _open()
     if part is DriftPart.intervals:
+        if host is not None:
+            from pipeline import report
+
+            host = report.resolve_host(con, host)
         frame = analytics.intervals(con, since_s, host, role)
         render.emit(frame, fmt.value, title=f"commit intervals over the last {since}")
         return
@@ -390,6 +434,7 @@ def sql(
 ) -> None:
     """Ad-hoc SQL against the warehouse, opened read-only.
 
+    \b
     Example: fleetstate sql "SELECT role, count(*) FROM host_state GROUP BY role"
     """
     from pipeline import render, report
@@ -406,15 +451,15 @@ def rebuild(
 ) -> None:
     """Drop the warehouse and recreate it from the mirror alone (after an upgrade, say).
 
+    \b
     Example: fleetstate rebuild --mirror data/mirror
     """
     from pipeline import load, warehouse
 
     if not mirror.is_dir():
         raise FleetstateError(f"mirror directory {mirror} does not exist; nothing to rebuild from")
-    warehouse.remove(state.db)
-    con = _open(read_only=False)
-    stats = load.load_mirror(con, mirror)
+    with warehouse.rebuilding(state.db) as con:  # the old one stays until this succeeds
+        stats = load.load_mirror(con, mirror)
     _progress(f"rebuilt {state.db}: {stats.runs_added:,} runs, {stats.rejects_added:,} rejects")
 
 
@@ -426,6 +471,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on the bundled sample fleet: generate, ingest, status, rollout.
 
+    \b
     Example: fleetstate demo
     """
     from pipeline import demo as demo_mod
@@ -442,6 +488,7 @@ def ingest_git(
     Afterwards a host on a descendant of a rollout's target counts as at the target.
     Incremental: commits reachable from the branch tips saved last time are not read again.
 
+    \b
     Example: git -C ~/ronin_puppet fetch && fleetstate ingest-git ~/ronin_puppet
     """
     from pipeline import gitgraph
@@ -460,18 +507,22 @@ def ingest_workers(
         typer.Option(
             "--pool",
             envvar="FLEETSTATE_WORKER_POOLS",
+            metavar="POOL",
             help="provisionerId/workerType; repeat, or comma-separate in the env var.",
         ),
     ],
     root_url: Annotated[
         str, typer.Option(envvar="TASKCLUSTER_ROOT_URL", help="Taskcluster deployment root URL.")
     ],
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per HTTP request.")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds per HTTP request.")
+    ] = 30.0,
 ) -> None:
     """Record each worker's last-active time and quarantine from Taskcluster's queue (HEALTHY).
 
     Workers match hosts by short host name; unmatched workers are counted, not stored.
 
+    \b
     Example: fleetstate ingest-workers --root-url https://firefox-ci-tc.services.mozilla.com \\
                  --pool releng-hardware/gecko-t-linux-talos
     """
@@ -505,11 +556,14 @@ def metrics(
             help="Also export the rollout share of this commit.",
         ),
     ] = None,
-    stale_hours: Annotated[int, typer.Option(min=0, help="Silent this long = unreported.")] = 24,
+    stale_hours: Annotated[
+        int, typer.Option(min=0, metavar="HOURS", help="Silent this long = unreported.")
+    ] = 24,
 ) -> None:
     """The fleet state in Prometheus text format: last run time and success, applied commit,
     override applied, healthy, and a configured commit's rollout share.
 
+    \b
     Example: fleetstate metrics --rollout 3f2a9c1 --out /var/lib/node_exporter/fleetstate.prom
     """
     from pipeline import metrics as metrics_mod
@@ -525,9 +579,9 @@ def metrics(
 
 
 def _one_line_summaries() -> None:
-    """typer's command list (in its rich mode) keeps the line breaks of a summary that
-    spans two docstring lines; each command's own --help joins them. Give the list the
-    summary as one line."""
+    """The command list shows each command's whole summary (its docstring's first
+    paragraph as one line, wrapped to the terminal): left to click, a summary is cut to
+    fit with '...'."""
     for info in app.registered_commands:
         if info.short_help is None and info.callback is not None and info.callback.__doc__:
             first = info.callback.__doc__.split("\n\n")[0]
@@ -541,6 +595,10 @@ def main() -> None:
     """Entry point: run the app, mapping domain errors to one line and exit code 1."""
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == Exit.INTERRUPTED and _from_ctrl_c(exc):
+            print("fleetstate: interrupted", file=sys.stderr)
+        raise
     except (FleetstateError, OSError) as exc:
         _progress(f"fleetstate: error: {exc}")
         sys.exit(Exit.ERROR)
@@ -550,6 +608,18 @@ def main() -> None:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         _progress(f"fleetstate: error: {first}")
         sys.exit(Exit.ERROR)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before typer took over (it exits 130 itself)
         print("fleetstate: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(Exit.INTERRUPTED)
+
+
+def _from_ctrl_c(exc: BaseException) -> bool:
+    """typer turns Ctrl-C into exit 130 silently; the KeyboardInterrupt is in the chain."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

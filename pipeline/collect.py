@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import glob
+import logging
 import os
 import random
 import re
@@ -31,6 +32,10 @@ from pipeline.errors import FleetstateError
 from pipeline.mirror import CURSOR, Cursor, Mirror
 from pipeline.remote import ReportError, build_command, interpret, parse_sections, posix_cksum
 from pipeline.targets import validate_host
+
+# paramiko's transport thread logs a failed handshake (with a traceback) before the caller
+# gets it as an exception; the collector names each host's error in one line itself
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 COLLECTOR_VERSION = "fleetstate-collect/1"
 
@@ -144,28 +149,66 @@ def collect_fleet(
         )
 
     event("start")
+    abort = Abort()
     with mirror.locked(), ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        futures = {pool.submit(collect_host, h, mirror, options, config): h for h in hosts}
-        for future in as_completed(futures):
-            hr = future.result()
-            result.per_host[hr.host] = hr
-            result.bytes_pulled += hr.history_bytes
-            result.bytes_on_wire += hr.bytes_on_wire
-            if hr.ok:
-                result.hosts_ok.append(hr.host)
-            else:
-                result.hosts_failed[hr.host] = hr.error or "failed"
-            event("host", hr.host, hr.error)
+        futures = {pool.submit(collect_host, h, mirror, options, config, abort): h for h in hosts}
+        try:
+            for future in as_completed(futures):
+                hr = future.result()
+                result.per_host[hr.host] = hr
+                result.bytes_pulled += hr.history_bytes
+                result.bytes_on_wire += hr.bytes_on_wire
+                if hr.ok:
+                    result.hosts_ok.append(hr.host)
+                else:
+                    result.hosts_failed[hr.host] = hr.error or "failed"
+                event("host", hr.host, hr.error)
+        except BaseException:  # Ctrl-C: hosts not started are dropped, those in flight stop
+            pool.shutdown(wait=False, cancel_futures=True)
+            abort.fire()
+            raise
     result.hosts_ok.sort()
     result.seconds = time.monotonic() - started
     event("finish")
     return result
 
 
+class Abort:
+    """A collection cut short (Ctrl-C): the hosts in flight close their connections at
+    once, instead of each waiting out its timeout, and record nothing of this attempt."""
+
+    def __init__(self) -> None:
+        self.fired = threading.Event()
+        self._kills: set[Callable[[], None]] = set()
+        self._lock = threading.Lock()
+
+    def register(self, kill: Callable[[], None]) -> None:
+        with self._lock:
+            self._kills.add(kill)
+        if self.fired.is_set():
+            kill()
+
+    def unregister(self, kill: Callable[[], None]) -> None:
+        with self._lock:
+            self._kills.discard(kill)
+
+    def fire(self) -> None:
+        self.fired.set()
+        with self._lock:
+            kills = list(self._kills)
+        for kill in kills:
+            kill()
+
+
 def collect_host(
-    host: str, mirror: Mirror, options: CollectOptions, config: paramiko.SSHConfig
+    host: str,
+    mirror: Mirror,
+    options: CollectOptions,
+    config: paramiko.SSHConfig,
+    abort: Abort | None = None,
 ) -> HostResult:
     """One host: run the script (with retries), then mirror, then commit the cursor."""
+    abort = abort or Abort()
     started = time.monotonic()
     deadline = started + options.host_timeout
     hr = HostResult(host, ok=False)
@@ -186,7 +229,7 @@ def collect_host(
         target = resolve_target(host, config, options)
         crc = posix_cksum(cursor.window) if cursor.window else 0
         command = build_command(cursor.offset, cursor.inode, crc, len(cursor.window))
-        out = _run_with_retries(target, command, options, deadline, hr)
+        out = _run_with_retries(target, command, options, deadline, hr, abort)
         hr.report_bytes = len(out)
         pull = interpret(parse_sections(out), cursor.window)
         mirror.append_history(host, pull.history)
@@ -199,6 +242,14 @@ def collect_host(
         hr.ok, hr.error = pull.error is None, pull.error
         hr.history_bytes, hr.mode = len(pull.history), pull.mode
     except Exception as exc:  # every failure becomes an observation, never a crash
+        if abort.fired.is_set():  # cut short by the operator: the host did nothing wrong
+            hr.error = "interrupted"
+            try:
+                mirror.truncate_uncommitted(host, cursor)
+            except OSError:
+                pass  # the cursor was not moved: the next collection reads these bytes again
+            hr.seconds = time.monotonic() - started
+            return hr
         hr.error = describe_error(exc, target, options)
         try:
             mirror.truncate_uncommitted(host, cursor)
@@ -250,20 +301,24 @@ def observation(
 
 
 def _run_with_retries(
-    target: SshTarget, command: str, options: CollectOptions, deadline: float, hr: HostResult
+    target: SshTarget,
+    command: str,
+    options: CollectOptions,
+    deadline: float,
+    hr: HostResult,
+    abort: Abort,
 ) -> bytes:
     delay = options.backoff
     while True:
         hr.attempts += 1
         try:
-            return run_script(target, command, options, deadline, hr)
+            return run_script(target, command, options, deadline, hr, abort)
         except Exception as exc:
-            if not is_transient(exc) or hr.attempts > options.retries:
+            if abort.fired.is_set() or not is_transient(exc) or hr.attempts > options.retries:
                 raise
             pause = delay * (1 + random.random() / 2)
-            if time.monotonic() + pause >= deadline:
+            if time.monotonic() + pause >= deadline or abort.fired.wait(pause):
                 raise
-            time.sleep(pause)
             delay *= 2
 
 
@@ -277,7 +332,12 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def run_script(
-    target: SshTarget, command: str, options: CollectOptions, deadline: float, hr: HostResult
+    target: SshTarget,
+    command: str,
+    options: CollectOptions,
+    deadline: float,
+    hr: HostResult,
+    abort: Abort | None = None,
 ) -> bytes:
     """Connect, exec `command`, return its stdout; bounded by `deadline`."""
     closers: list[Any] = []
@@ -298,6 +358,8 @@ def run_script(
     watchdog.daemon = True
     watchdog.start()
     counter: list[_CountingSocket] = []
+    if abort is not None:
+        abort.register(kill)
     try:
         client = connect_client(target, options, closers, counter)
         out = _exec(client, command, deadline)
@@ -310,6 +372,8 @@ def run_script(
         raise
     finally:
         watchdog.cancel()
+        if abort is not None:
+            abort.unregister(kill)
         kill()
         if counter:
             hr.bytes_on_wire += counter[0].sent + counter[0].received

@@ -10,3 +10,4 @@ class Exit(IntEnum):
     GATE = 3  # a --min threshold was not met
     # ingest: some hosts could not be collected, or some mirror files read; the rest loaded
     PARTIAL = 4
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it: `fleetstate: interrupted`

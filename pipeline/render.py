@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -35,13 +36,35 @@ def age(seconds: int | float | None) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    """A value json.dumps writes as strict JSON: times as ISO 8601, NaN and infinities
+    (which JSON has no numbers for) as null, inside lists and structs too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return value
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Column names as distinct JSON keys: a second `role` (a join) becomes `role_2`."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        key, n = name, 1
+        while key in seen:
+            n += 1
+            key = f"{name}_{n}"
+        seen.add(key)
+        out.append(key)
+    return out
 
 
 @dataclass
@@ -77,8 +100,12 @@ def _csv_value(value: Any) -> Any:
 
 
 def to_json(frame: Frame) -> str:
-    rows = [{k: _jsonable(v) for k, v in row.items()} for row in frame.iter_rows(named=True)]
-    return json.dumps(rows, indent=2, default=str)
+    keys = _unique(list(frame.columns))
+    rows = [
+        {k: _jsonable(v) for k, v in zip(keys, row, strict=True)}
+        for row in frame.iter_rows(named=False)
+    ]
+    return json.dumps(rows, indent=2, default=str, allow_nan=False)
 
 
 def to_csv(frame: Frame) -> str:

@@ -43,15 +43,29 @@ def resolve_sha(con: duckdb.DuckDBPyConnection, prefix: str) -> str:
     return str(rows[0][0])
 
 
+def resolve_host(con: duckdb.DuckDBPyConnection, name: str) -> str:
+    """The warehouse's name for host `name`: itself, the same name in another case, or the
+    one host whose name starts with `name` and a dot (a short name); else a clear error."""
+    rows = con.execute(
+        """
+        SELECT host FROM (SELECT host FROM runs UNION SELECT host FROM observations)
+        WHERE lower(host) = lower($1) OR starts_with(lower(host), lower($1) || '.')
+        ORDER BY host <> $1, lower(host) <> lower($1), host LIMIT 6
+        """,
+        [name],
+    ).fetchall()
+    if not rows:
+        raise FleetstateError(f"host {name!r} is not in the warehouse")
+    first = str(rows[0][0])
+    if first.lower() == name.lower() or len(rows) == 1:
+        return first
+    names = ", ".join(str(r[0]) for r in rows[:5])
+    raise FleetstateError(f"{name!r} is ambiguous: {names}{' ...' if len(rows) > 5 else ''}")
+
+
 def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.DataFrame:
     """The runs of one host, newest first."""
-    known = con.execute(
-        "SELECT count(*) FROM (SELECT host FROM runs WHERE host = ? UNION "
-        "SELECT host FROM observations WHERE host = ?)",
-        [host, host],
-    ).fetchall()[0]
-    if not known[0]:
-        raise FleetstateError(f"host {host!r} is not in the warehouse")
+    host = resolve_host(con, host)
     return _frame(
         con,
         """

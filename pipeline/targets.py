@@ -35,8 +35,17 @@ def validate_host(name: str, where: str = "") -> str:
     return name.lower()
 
 
+# no top-level domain is named like these: `hosts.txt` is a list file, even when missing
+_LIST_SUFFIXES = (".txt", ".list", ".lst", ".csv", ".conf", ".cfg")
+
+
 def _looks_like_file(arg: str) -> bool:
-    return bool(arg) and (os.sep in arg or arg.startswith(".") or Path(arg).exists())
+    return bool(arg) and (
+        os.sep in arg
+        or arg.startswith(".")
+        or arg.lower().endswith(_LIST_SUFFIXES)
+        or Path(arg).exists()
+    )
 
 
 def read_host_list(path: Path) -> list[str]:

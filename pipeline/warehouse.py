@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -71,10 +74,29 @@ def connect(
                 ) from exc
             time.sleep(0.2)
     _session(con)
-    if not read_only:
-        migrate(con)
-        apply_queries(con)
+    try:
+        _refuse_foreign(con, path)
+        if not read_only:
+            migrate(con)
+            apply_queries(con)
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+def _refuse_foreign(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """A DuckDB database of something else (tables, no `schema_migrations`) is named, not
+    read as a broken warehouse nor given fleetstate's tables; an empty one becomes one."""
+    found = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE table_name = 'schema_migrations') "
+        "FROM duckdb_tables() WHERE database_name = current_database()"
+    ).fetchall()[0]
+    if found[0] and not found[1]:
+        raise WarehouseError(
+            f"{path} is a DuckDB database but not a fleetstate warehouse "
+            "(wrong --db or FLEETSTATE_DB?)"
+        )
 
 
 def _is_duckdb_file(path: Path) -> bool:
@@ -128,7 +150,7 @@ def apply_queries(con: duckdb.DuckDBPyConnection) -> list[str]:
     texts = [(f.name, f.read_text()) for f in files]
     digest = hashlib.sha256(repr(texts).encode()).hexdigest()
     row = con.execute("SELECT value FROM meta WHERE key = 'queries_sha256'").fetchall()
-    if row and row[0][0] == digest:
+    if row and row[0][0] == digest and not _missing_objects(con, texts):
         return []
     con.execute("BEGIN TRANSACTION")
     try:
@@ -142,7 +164,69 @@ def apply_queries(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [name for name, _ in texts]
 
 
+_DEFINES = re.compile(r"CREATE OR REPLACE (VIEW|MACRO) (\w+)", re.IGNORECASE)
+
+
+def _missing_objects(con: duckdb.DuckDBPyConnection, texts: list[tuple[str, str]]) -> bool:
+    """Whether a view or macro of queries/ is gone (dropped by hand, say) though the
+    warehouse holds this text's fingerprint: then the text is applied again."""
+    names = {m.group(2).lower() for _, text in texts for m in _DEFINES.finditer(text)}
+    have = con.execute(
+        "SELECT lower(view_name) FROM duckdb_views() WHERE NOT internal "
+        "UNION SELECT lower(function_name) FROM duckdb_functions() "
+        "WHERE function_type IN ('macro', 'table_macro') AND NOT internal"
+    ).fetchall()
+    return bool(names - {r[0] for r in have})
+
+
+@contextmanager
+def rebuilding(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A new, empty warehouse that takes the place of the one at `path` when the block ends
+    without an error (`rebuild`, `demo`). The old one is held open meanwhile, so another
+    process using it is refused (locked) instead of writing on into a deleted file, and a
+    crash or an error leaves the old one as it was. A file DuckDB cannot open at all (a
+    release whose storage it does not read, say) is replaced without being held."""
+    old = None
+    if path.exists():
+        if path.is_file() and path.stat().st_size and not _is_duckdb_file(path):
+            raise WarehouseError(f"{path} is not a DuckDB warehouse (wrong --db or FLEETSTATE_DB?)")
+        try:
+            old = duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise WarehouseError(
+                    f"warehouse {path} is locked by another fleetstate process; "
+                    "try again when it has finished"
+                ) from exc
+        except duckdb.Error:
+            pass  # not openable: nothing to hold
+        if old is not None:
+            try:
+                _refuse_foreign(old, path)
+            except BaseException:
+                old.close()
+                raise
+    new = path.with_name(f".{path.name}.rebuild")
+    try:
+        remove(new)
+        con = connect(new)
+        try:
+            yield con
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        if old is not None:
+            old.close()  # checkpoints: its log is empty and goes before the file is replaced
+            old = None
+        path.with_name(path.name + ".wal").unlink(missing_ok=True)
+        os.replace(new, path)
+    finally:
+        if old is not None:
+            old.close()
+        remove(new)
+
+
 def remove(path: Path) -> None:
-    """Delete a warehouse file and its write-ahead log (for `rebuild` and `demo`)."""
+    """Delete a warehouse file and its write-ahead log."""
     for p in (path, path.with_name(path.name + ".wal")):
         p.unlink(missing_ok=True)
