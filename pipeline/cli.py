@@ -311,8 +311,9 @@ def rollout(
             if last:
                 break
             time.sleep(interval)
-    except KeyboardInterrupt:  # Ctrl-C ends a watch: stdout still gets its one document
-        if shown is not None:
+    except (KeyboardInterrupt, RuntimeError) as exc:  # Ctrl-C (in a query: RuntimeError)
+        ctrl_c = isinstance(exc, KeyboardInterrupt) or "interrupted" in str(exc).lower()
+        if ctrl_c and shown is not None:  # it ends a watch: stdout still gets its document
             views.emit_rollout_depth(shown, fmt.value, part.value if part else None)
         raise
     if min_pct is not None and not result.meets(min_pct):
@@ -592,13 +593,74 @@ _one_line_summaries()
 
 
 def main() -> None:
-    """Entry point: run the app, mapping domain errors to one line and exit code 1."""
+    """Entry point: run the app, mapping domain errors to one line and exit code 1, and
+    Ctrl-C, wherever it lands, to one line and exit code 130."""
+    _interrupt_queries_on_ctrl_c()
+    try:
+        _run()
+    except SystemExit as exc:  # typer turns Ctrl-C into a silent exit 130
+        if exc.code == Exit.INTERRUPTED and _from_ctrl_c(exc):
+            _interrupted()
+        raise
+    except RuntimeError as exc:  # DuckDB's "Query interrupted" when Ctrl-C lands in a query
+        if "interrupted" not in str(exc).lower():
+            raise
+        _interrupted()
+    except KeyboardInterrupt:  # before typer runs
+        _interrupted()
+
+
+def _interrupted() -> None:
+    """One line and exit 130. The signal DuckDB answered may still be pending for Python,
+    which would raise it again on the way out (and die of SIGINT): it is ignored now."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print("fleetstate: interrupted", file=sys.stderr)
+    sys.exit(Exit.INTERRUPTED)
+
+
+def _interrupt_queries_on_ctrl_c() -> None:
+    """Ctrl-C stops a running DuckDB query at once. Python handles the signal only when the
+    main thread runs Python again, and DuckDB, busy in a query, checks for it only now and
+    then (a long `sql` query could run on); the signal's byte on a wakeup pipe reaches a
+    thread that asks DuckDB to interrupt, and the query ends in KeyboardInterrupt or
+    "Query interrupted", as usual."""
+    import os
+    import signal
+    import threading
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while byte := os.read(read_end, 1):
+            if byte[0] == signal.SIGINT:
+                for con in list(state.connections):
+                    try:
+                        con.interrupt()
+                    except Exception:  # noqa: S112 -- closed meanwhile: nothing to stop
+                        continue
+
+    threading.Thread(target=watch, name="ctrl-c", daemon=True).start()
+
+
+def _from_ctrl_c(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in the chain that led to `exc`."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _run() -> None:
     try:
         app()
-    except SystemExit as exc:
-        if exc.code == Exit.INTERRUPTED and _from_ctrl_c(exc):
-            print("fleetstate: interrupted", file=sys.stderr)
-        raise
     except (FleetstateError, OSError) as exc:
         _progress(f"fleetstate: error: {exc}")
         sys.exit(Exit.ERROR)
@@ -608,18 +670,3 @@ def main() -> None:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         _progress(f"fleetstate: error: {first}")
         sys.exit(Exit.ERROR)
-    except KeyboardInterrupt:  # before typer took over (it exits 130 itself)
-        print("fleetstate: interrupted", file=sys.stderr)
-        sys.exit(Exit.INTERRUPTED)
-
-
-def _from_ctrl_c(exc: BaseException) -> bool:
-    """typer turns Ctrl-C into exit 130 silently; the KeyboardInterrupt is in the chain."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False

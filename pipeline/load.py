@@ -24,6 +24,7 @@ import duckdb
 
 from pipeline import records, warehouse
 from pipeline.errors import FleetstateError
+from pipeline.mirror import CURSOR, committed_sizes
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,10 +32,9 @@ if TYPE_CHECKING:
 HISTORY = "history.jsonl"
 OBSERVATIONS = "observations.jsonl"
 STATE_FILE = "last_run_metadata.json"
-# bytes of input per transaction (None: default_plan decides when a load starts); tests
-# lower it to make many small transactions
-_env_batch = os.environ.get("FLEETSTATE_BATCH_BYTES")
-BATCH_BYTES: int | None = max(1, int(_env_batch)) if _env_batch else None
+# bytes of input per transaction (None: FLEETSTATE_BATCH_BYTES, else default_plan decides
+# when a load starts); tests lower it to make many small transactions
+BATCH_BYTES: int | None = None
 LARGE_BATCH, SMALL_BATCH = 128 << 20, 64 << 20
 PEAK_PER_BATCH_BYTE = 4  # a group holding a 128 MiB batch peaks at about 0.5 GB
 
@@ -73,9 +73,24 @@ def _available_memory() -> int | None:
 
 
 # groups of hosts loaded at once, each holding one batch in memory (see load_mirror);
-# None: default_plan decides when a load starts
-_env_workers = os.environ.get("FLEETSTATE_LOAD_WORKERS")
-WORKERS: int | None = max(1, int(_env_workers)) if _env_workers else None
+# None: FLEETSTATE_LOAD_WORKERS, else default_plan decides when a load starts
+WORKERS: int | None = None
+_SIZE_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _env_count(name: str, sizes: bool = False) -> int | None:
+    """A positive whole number from the environment (`sizes`: with K, M or G for KiB, MiB,
+    GiB, as in 64M); None when unset; a clear error when it is not one."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    digits, suffix = (raw[:-1], raw[-1].lower()) if sizes and raw[-1:].isalpha() else (raw, "")
+    if not (digits.isascii() and digits.isdigit()) or suffix not in _SIZE_SUFFIX or not int(digits):
+        what = "a number of bytes (as 67108864 or 64M)" if sizes else "a whole number above 0"
+        raise LoadError(f"{name} must be {what}, not {raw!r}")
+    return int(digits) * _SIZE_SUFFIX[suffix]
+
+
 # a file's fingerprint covers its first bytes and the bytes before the cursor, so a file
 # replaced (not appended to) is noticed even when its start is unchanged
 HEAD_BYTES = 4096
@@ -163,8 +178,9 @@ def load_mirror(
     found = discover(mirror_dir, hosts)
     files, aliases, problems = _claim_files(found)
     cursors = _read_cursors(con)
-    workers, batch_bytes = default_plan(os.cpu_count(), _available_memory(), WORKERS)
-    batch_bytes = BATCH_BYTES or batch_bytes
+    fixed = WORKERS or _env_count("FLEETSTATE_LOAD_WORKERS")
+    workers, batch_bytes = default_plan(os.cpu_count(), _available_memory(), fixed)
+    batch_bytes = BATCH_BYTES or _env_count("FLEETSTATE_BATCH_BYTES", sizes=True) or batch_bytes
     groups = _split(files, workers)
     if len(groups) <= 1:
         stats = _load_hosts(con, files, cursors, progress, threading.Event(), batch_bytes)
@@ -175,8 +191,9 @@ def load_mirror(
     return stats
 
 
-# a host's input files: (host, path, cursor key = the resolved path)
-HostFiles = tuple[str, list[tuple[Path, str]]]
+# a host's input files: (host, [(path, cursor key = the resolved path, bytes to read at
+# most: the collector's committed size, or None)])
+HostFiles = tuple[str, list[tuple[Path, str, int | None]]]
 
 
 def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, list[str]]:
@@ -188,7 +205,7 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
     else the first host by name. Loading it twice would store its runs under both names,
     and two groups of hosts would race for its cursor."""
     owners: dict[str, tuple[bool, str]] = {}
-    listed: list[tuple[str, list[tuple[Path, str, bool]]]] = []
+    listed: list[tuple[str, list[tuple[Path, str, bool, int | None]]]] = []
     problems: list[str] = []
     for host, hdir in found:
         mine = []
@@ -197,6 +214,7 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
         except OSError as exc:
             problems.append(f"{hdir}: {exc.strerror or exc}")
             names = set()
+        committed = committed_sizes(hdir) if CURSOR in names else None
         for path in (hdir / HISTORY, hdir / OBSERVATIONS, hdir / STATE_FILE):
             if path.name not in names:
                 continue
@@ -208,7 +226,7 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
             except OSError as exc:
                 problems.append(f"{path}: {exc.strerror or exc}")
                 continue
-            mine.append((path, key, linked))
+            mine.append((path, key, linked, committed.get(path.name) if committed else None))
             best = owners.get(key)
             if best is None or (best[0] and not linked):
                 owners[key] = (linked, host)
@@ -216,7 +234,7 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
     files: list[HostFiles] = []
     skipped = 0
     for host, mine in listed:
-        kept = [(path, key) for path, key, _ in mine if owners[key][1] == host]
+        kept = [(path, key, limit) for path, key, _, limit in mine if owners[key][1] == host]
         skipped += len(mine) - len(kept)
         files.append((host, kept))
     return files, skipped, problems
@@ -282,7 +300,7 @@ def _split(found: list[HostFiles], n: int) -> list[list[HostFiles]]:
     sizes = []
     for _, files in found:
         size = 0
-        for path, _ in files:
+        for path, _, _ in files:
             if path.name == HISTORY:
                 try:
                     size = path.stat().st_size
@@ -320,9 +338,9 @@ def _load_hosts(
     read = LoadStats()
     batch = Batch()
     for host, files in found:
-        for path, key in files:
+        for path, key, limit in files:
             batch.stats.files += 1
-            chunks = _readable_chunks(path, cursors.get(key), read, batch_bytes)
+            chunks = _readable_chunks(path, cursors.get(key), read, batch_bytes, limit)
             for start, data, end, mark in chunks:
                 _stage(batch, host, path.name, key, start, data)
                 batch.cursors.append((key, host, end, mark))
@@ -340,12 +358,16 @@ def _load_hosts(
 
 
 def _readable_chunks(
-    path: Path, cursor: tuple[int, str | None] | None, read: LoadStats, batch_bytes: int
+    path: Path,
+    cursor: tuple[int, str | None] | None,
+    read: LoadStats,
+    batch_bytes: int,
+    limit: int | None = None,
 ) -> Iterator[tuple[int, memoryview, int, str]]:
     """_new_chunks with each piece's end and fingerprint. A file that cannot be read (no
     permission, an I/O error) ends early and is named in `read.unreadable`: what was read
     of it loads, its cursor stays there, and the other files load as usual."""
-    chunks = _new_chunks(path, cursor, read, batch_bytes)
+    chunks = _new_chunks(path, cursor, read, batch_bytes, limit)
     while True:
         try:
             start, data = next(chunks)
@@ -396,7 +418,11 @@ def _unchanged(path: Path, offset: int, saved: str | None) -> bool:
 
 
 def _new_chunks(
-    path: Path, cursor: tuple[int, str | None] | None, stats: LoadStats, batch_bytes: int
+    path: Path,
+    cursor: tuple[int, str | None] | None,
+    stats: LoadStats,
+    batch_bytes: int,
+    limit: int | None = None,
 ) -> Iterator[tuple[int, memoryview]]:
     """(offset, bytes) pieces after the cursor, each ending at a newline.
 
@@ -406,6 +432,8 @@ def _new_chunks(
     whenever it changed, and its cursor is its size.
     """
     size = path.stat().st_size
+    if limit is not None:  # the collector's committed size: what lies past it may be cut
+        size = min(size, limit)
     offset, saved = cursor if cursor else (0, None)
     if offset > size or (offset and not _unchanged(path, offset, saved)):
         offset = 0  # replaced or truncated: read again; run identity absorbs repeats
@@ -419,11 +447,11 @@ def _new_chunks(
     piece_bytes = max(1, min(batch_bytes // 4, size - offset))
     with path.open("rb") as fh:
         fh.seek(offset)
-        while True:
-            data = fh.read(piece_bytes)
+        while offset < size:  # bytes appended since the stat wait for the next load
+            data = fh.read(min(piece_bytes, size - offset))
             cut = data.rfind(b"\n") + 1
-            while cut == 0 and len(data) >= piece_bytes:  # a line longer than a piece
-                more = fh.read(piece_bytes)
+            while cut == 0 and data and offset + len(data) < size:  # a line longer than a piece
+                more = fh.read(min(piece_bytes, size - offset - len(data)))
                 if not more:
                     break
                 data += more
@@ -642,8 +670,11 @@ def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) ->
 def _insert_new_runs(
     con: duckdb.DuckDBPyConnection, now: datetime, first_host: str, last_host: str
 ) -> int:
-    """Insert the valid rows of `fast` and `slow` whose (host, run_id) is new, the first of
-    each identity in the batch winning (history before state file, then by offset).
+    """Insert the valid rows of `fast` and `slow` whose (host, run_id) is new; return how
+    many runs the warehouse gained. Of one identity, the history line wins over the state
+    file, and that over puppet's summary, then the first by offset: within the batch, and
+    against a copy already stored (a state file read before its history line arrived is
+    replaced by the line), so the warehouse is the same however the bytes arrived.
 
     Repeats are rare, so they are looked for by a hash of the identity: hashes seen twice
     in the batch or already in `runs` (within the batch's host range, given as constants
@@ -658,9 +689,10 @@ def _insert_new_runs(
         f"WHERE f.ok UNION ALL "
         f"SELECT {cols}, hash(host, run_id) AS h FROM slow WHERE reason IS NULL"
     )
+    rank = "CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END"
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE skipped AS
+        CREATE OR REPLACE TEMP TABLE repeats AS
         WITH hashes AS MATERIALIZED (SELECT h FROM ({valid})),
         suspect AS (
             SELECT h FROM hashes GROUP BY h HAVING count(*) > 1
@@ -668,34 +700,45 @@ def _insert_new_runs(
             SELECT hash(host, run_id) FROM runs
             WHERE host BETWEEN ? AND ? AND hash(host, run_id) IN (SELECT h FROM hashes)
         ),
-        candidates AS (SELECT * FROM ({valid}) WHERE h IN (SELECT h FROM suspect)),
+        candidates AS (
+            SELECT host, run_id, source_path, byte_offset, {rank} AS rank,
+                row_number() OVER (PARTITION BY host, run_id
+                                   ORDER BY {rank}, byte_offset, source_path) AS nth
+            FROM ({valid}) WHERE h IN (SELECT h FROM suspect)
+        ),
         stored AS (
-            SELECT host, run_id FROM runs
+            SELECT host, run_id, {rank} AS rank FROM runs
             WHERE host BETWEEN ? AND ? AND hash(host, run_id) IN (SELECT h FROM suspect)
         )
-        SELECT source_path, byte_offset FROM candidates c
-        WHERE EXISTS (SELECT 1 FROM stored s WHERE s.host = c.host AND s.run_id = c.run_id)
-        UNION ALL
-        SELECT source_path, byte_offset FROM candidates
-        QUALIFY row_number() OVER (PARTITION BY host, run_id
-            ORDER BY CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
-                     byte_offset, source_path) > 1
+        SELECT c.host, c.run_id, c.source_path, c.byte_offset,
+            c.nth > 1 OR coalesce(s.rank <= c.rank, false) AS skip,
+            c.nth = 1 AND coalesce(s.rank > c.rank, false) AS replaces
+        FROM candidates c LEFT JOIN stored s USING (host, run_id)
         """,  # noqa: S608 -- column names come from records.RUN_COLUMNS, not input
         [first_host, last_host, first_host, last_host],
     )
-    skip = con.execute("SELECT count(*) FROM skipped").fetchone()
+    counts = con.execute(
+        "SELECT count(*) FILTER (WHERE skip), count(*) FILTER (WHERE replaces) FROM repeats"
+    ).fetchone()
+    skip, replaced = (int(counts[0]), int(counts[1])) if counts else (0, 0)
+    if replaced:
+        con.execute(
+            "DELETE FROM runs WHERE host BETWEEN ? AND ? AND (host, run_id) IN "
+            "(SELECT (host, run_id) FROM repeats WHERE replaces)",
+            [first_host, last_host],
+        )
     where = (
         ""
-        if not skip or skip[0] == 0
-        else "WHERE NOT EXISTS (SELECT 1 FROM skipped k "
-        "WHERE k.source_path = v.source_path AND k.byte_offset = v.byte_offset)"
+        if not skip
+        else "WHERE NOT EXISTS (SELECT 1 FROM repeats k WHERE k.skip "
+        "AND k.source_path = v.source_path AND k.byte_offset = v.byte_offset)"
     )
     row = con.execute(
         f"INSERT INTO runs ({cols}, loaded_at) SELECT {cols}, ? FROM ({valid}) v {where}",  # noqa: S608
         [now],
     ).fetchone()
-    con.execute("DROP TABLE skipped")
-    return int(row[0]) if row else 0
+    con.execute("DROP TABLE repeats")
+    return (int(row[0]) if row else 0) - replaced
 
 
 def _reject_slow_lines(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
@@ -777,12 +820,22 @@ def _insert_observations(con: duckdb.DuckDBPyConnection, batch: Batch, now: date
     )
     con.register("obs_rows", table)
     cols = ", ".join(OBS_COLUMNS)
+    # an observation is its content: the same line twice (in one batch or two, or in two
+    # places of the mirror) is one observation, whatever the batching; two different
+    # observations of one instant both stay
+    content = ", ".join(
+        f"CAST({c} AS VARCHAR)" if c == "extra" else c
+        for c in OBS_COLUMNS
+        if c not in ("host", "observed_at", "source_path", "byte_offset")
+    )
     row = con.execute(
         f"""
         INSERT INTO observations ({cols}, loaded_at)
-        SELECT {cols}, ? FROM obs_rows o
+        SELECT {cols}, ? FROM (SELECT *, hash({content}) AS h FROM obs_rows) o
         WHERE NOT EXISTS (SELECT 1 FROM observations x WHERE x.host = o.host
-                          AND x.observed_at = o.observed_at)
+                          AND x.observed_at = o.observed_at AND hash({content}) = o.h)
+        QUALIFY row_number() OVER (PARTITION BY host, observed_at, h
+                                   ORDER BY source_path, byte_offset) = 1
         """,  # noqa: S608 -- fixed column names
         [now],
     ).fetchone()

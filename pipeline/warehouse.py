@@ -58,7 +58,13 @@ def connect(
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     if wait_s is None:
-        wait_s = float(os.environ.get("FLEETSTATE_LOCK_WAIT_S", "5"))
+        raw = os.environ.get("FLEETSTATE_LOCK_WAIT_S", "5")
+        try:
+            wait_s = float(raw)
+        except ValueError:
+            raise WarehouseError(f"FLEETSTATE_LOCK_WAIT_S must be seconds, not {raw!r}") from None
+        if not 0 <= wait_s < float("inf"):
+            raise WarehouseError(f"FLEETSTATE_LOCK_WAIT_S must be seconds, not {raw!r}")
     deadline = time.monotonic() + wait_s
     while True:
         try:

@@ -38,7 +38,7 @@ from pipeline import load, warehouse  # noqa: E402
 STEPS = (
     ("CREATE OR REPLACE TEMP TABLE fast", "parse, prove canonical, apply rules"),
     ("CREATE OR REPLACE TEMP TABLE slow", "slow path (lines not taken)"),
-    ("CREATE OR REPLACE TEMP TABLE skipped", "find repeats"),
+    ("CREATE OR REPLACE TEMP TABLE repeats", "find repeats"),
     ("INSERT INTO runs", "write runs"),
     ("COMMIT", "commit"),
 )
