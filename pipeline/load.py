@@ -12,6 +12,7 @@ its own connection (load_mirror). docs/performance.md has the numbers.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -24,7 +25,6 @@ import duckdb
 
 from pipeline import records, warehouse
 from pipeline.errors import FleetstateError
-from pipeline.mirror import CURSOR, committed_sizes
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -191,6 +191,23 @@ def load_mirror(
     return stats
 
 
+MIRROR_CURSOR = ".cursor.json"  # the collector's (pipeline/mirror.py), in each host directory
+
+
+def committed_sizes(host_dir: Path) -> dict[str, int] | None:
+    """{file name: size} of a collector's host directory when its cursor was last committed
+    (`history_size`, `observations_size` of mirror.Cursor): the loader reads no further,
+    since bytes past it belong to a collection that has not finished (or died, and will be
+    cut). None when there is no readable cursor (a mirror the collector did not write):
+    the files are whole. Read here, not through mirror.py: the loader stays off the SSH
+    side (tests/test_layers.py); tests/test_load_consistency.py writes it with Mirror."""
+    try:
+        data = json.loads((host_dir / MIRROR_CURSOR).read_text())
+        return {HISTORY: int(data["history_size"]), OBSERVATIONS: int(data["observations_size"])}
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 # a host's input files: (host, [(path, cursor key = the resolved path, bytes to read at
 # most: the collector's committed size, or None)])
 HostFiles = tuple[str, list[tuple[Path, str, int | None]]]
@@ -214,7 +231,7 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
         except OSError as exc:
             problems.append(f"{hdir}: {exc.strerror or exc}")
             names = set()
-        committed = committed_sizes(hdir) if CURSOR in names else None
+        committed = committed_sizes(hdir) if MIRROR_CURSOR in names else None
         for path in (hdir / HISTORY, hdir / OBSERVATIONS, hdir / STATE_FILE):
             if path.name not in names:
                 continue

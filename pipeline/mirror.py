@@ -51,18 +51,6 @@ class Cursor:
         )
 
 
-def committed_sizes(host_dir: Path) -> dict[str, int] | None:
-    """{file name: size} of a collector's host directory when its cursor was last committed:
-    a loader reads no further, since bytes past it belong to a collection that has not
-    finished (or died, and will be cut). None when there is no readable cursor (a mirror
-    not written by the collector): the files are whole."""
-    try:
-        cursor = Cursor.from_json(json.loads((host_dir / CURSOR).read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-    return {HISTORY: cursor.history_size, OBSERVATIONS: cursor.observations_size}
-
-
 class Mirror:
     """`root/<host>/{history.jsonl, observations.jsonl, .cursor.json}`."""
 
