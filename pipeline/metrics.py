@@ -14,6 +14,8 @@ from pathlib import Path
 
 import duckdb
 
+from pipeline.errors import FleetstateError
+
 _FLAG = {"Y": 1, "N": 0}
 
 
@@ -103,12 +105,18 @@ def exposition(
 
 def write_textfile(path: Path, text: str) -> None:
     """Temp file in the same directory, then rename: the collector sees old or new, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:  # the error names the file asked for, not the temporary one
+        raise FleetstateError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise FleetstateError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -63,4 +63,5 @@ def emit_status(rows: render.Rows, fmt: str) -> None:
     render.emit(status_table(rows), fmt, styles=styles)
     counts = Counter(r["applied"] for r in rows.iter_rows(named=True))
     summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
-    print(f"{rows.height} hosts; applied: {summary}", file=sys.stderr)
+    hosts = "1 host" if rows.height == 1 else f"{rows.height} hosts"
+    print(f"{hosts}; applied: {summary}" if summary else hosts, file=sys.stderr)

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 
@@ -42,6 +42,8 @@ def _jsonable(value: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, timedelta):  # an INTERVAL: ISO 8601, as "P3DT4H5M6S"
+        return _iso_duration(value)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, bytes):
@@ -51,6 +53,16 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return value
+
+
+def _iso_duration(span: timedelta) -> str:
+    sign, span = ("-", -span) if span < timedelta(0) else ("", span)
+    hours, rest = divmod(span.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    secs = f"{seconds}.{span.microseconds:06d}".rstrip("0").rstrip(".")
+    time = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M")) if n)
+    time += f"{secs}S" if secs != "0" or not (time or span.days) else ""
+    return f"{sign}P{f'{span.days}D' if span.days else ''}{'T' + time if time else ''}"
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -96,6 +108,8 @@ def _csv_value(value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         return " ".join(str(_csv_value(v)) for v in value)
+    if isinstance(value, dict):  # a struct or map: its JSON text, not Python's repr
+        return json.dumps(_jsonable(value), default=str, allow_nan=False)
     return _jsonable(value)
 
 

@@ -99,6 +99,10 @@ def sql(con: duckdb.DuckDBPyConnection, query: str) -> Rows:
     """The answer to any query, as plain Python values (so every DuckDB type, intervals and
     unions included, can be shown); an error is one line."""
     try:
+        statements = con.extract_statements(query)
+        if len(statements) != 1:  # DuckDB would show the last answer only, or none
+            found = "no statement" if not statements else f"{len(statements)} statements"
+            raise FleetstateError(f"one query at a time, please: found {found}")
         rel = con.sql(query)
         if rel is None:  # a statement without a result
             return Rows([], [])

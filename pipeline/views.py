@@ -151,9 +151,11 @@ def emit_drift(daily: pl.DataFrame, by_day: pl.DataFrame, fmt: str, title: str) 
     if fmt != "table":
         render.emit(daily, fmt)
         return
-    for line in drift_chart(by_day):
+    chart = drift_chart(by_day)
+    for line in chart:
         print(line)
-    print()
+    if chart:
+        print()
     table = daily.with_columns(pl.col("modal_sha").str.slice(0, 7))
     render.emit(table, "table", title=title,
                 styles={"off_modal": lambda v: "yellow" if v else None,

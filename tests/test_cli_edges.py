@@ -283,3 +283,37 @@ def test_ingest_help_names_every_option_at_80_columns(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert "…" not in done.stdout, done.stdout
     assert "--accept-new-host-keys" in done.stdout
+
+
+# --- small output defects ------------------------------------------------------------------
+
+
+def test_sql_takes_one_query(tmp_path: Path) -> None:
+    """'' answered [] and 'SELECT 1; SELECT 2' showed only the last answer."""
+    _, db = _two_hosts(tmp_path)
+    for query, found in (("", "no statement"), ("SELECT 1; SELECT 2", "2 statements")):
+        done = fs(db, "sql", query)
+        assert done.returncode == 1 and found in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert fs(db, "sql", "SELECT 1 AS a -- a comment;", "-f", "json").stdout.strip() == (
+        '[\n  {\n    "a": 1\n  }\n]'
+    )
+
+
+def test_status_counts_read_as_english(tmp_path: Path) -> None:
+    """An empty warehouse said '0 hosts; applied: ' and one host '1 hosts'."""
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    (mirror).mkdir()
+    assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
+    assert fs(db, "status").stderr.splitlines()[-1] == "0 hosts"
+    write_history(mirror, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="h1")))
+    assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
+    assert fs(db, "status").stderr.splitlines()[-1].startswith("1 host; applied: ")
+
+
+def test_metrics_out_errors_name_the_file_asked_for(tmp_path: Path) -> None:
+    _, db = _two_hosts(tmp_path)
+    target = tmp_path / "no-such-dir" / "fleet.prom"
+    done = fs(db, "metrics", "--out", str(target))
+    assert done.returncode == 1
+    assert f"cannot write {target}" in done.stderr and ".fleet.prom." not in done.stderr

@@ -78,3 +78,20 @@ def test_host_text_in_rich_messages_is_escaped() -> None:
 
     assert _shown("evil\x1b]0;pwned\x07 [bold]x[/]") == r"evil\x1b]0;pwned\x07 \[bold]x\[/]"
     assert _shown(None) == ""
+
+
+def test_json_of_intervals_is_iso_8601_and_csv_of_structs_is_json() -> None:
+    """An INTERVAL was Python's '3 days, 4:05:06' in json; a struct Python's repr in csv."""
+    from datetime import timedelta
+
+    rows = render.Rows(
+        ["span", "s"],
+        [(timedelta(days=3, hours=4, minutes=5, seconds=6), {"a": 1, "b": None}),
+         (timedelta(seconds=1.5), {"a": float("nan"), "b": "x"}),
+         (-timedelta(hours=2), {"a": 2, "b": "y"})],
+    )  # fmt: skip
+    parsed = [r["span"] for r in __import__("json").loads(render.to_json(rows))]
+    assert parsed == ["P3DT4H5M6S", "PT1.5S", "-PT2H"]
+    lines = render.to_csv(rows).splitlines()
+    assert lines[1] == 'P3DT4H5M6S,"{""a"": 1, ""b"": null}"'
+    assert lines[2] == 'PT1.5S,"{""a"": null, ""b"": ""x""}"'
