@@ -291,7 +291,7 @@ def test_sql_shows_every_type_and_names_what_it_cannot(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
-    assert rows and rows[0]["three"] == "3:00:00" and rows[0]["u"] == 1 and rows[0]["d"] == "1.50"
+    assert rows and rows[0]["three"] == "PT3H" and rows[0]["u"] == 1 and rows[0]["d"] == "1.50"
     table = fs(db, "sql", "SELECT INTERVAL 90 MINUTE AS i")
     assert table.returncode == 0 and "1:30:00" in table.stdout
     bc = fs(db, "sql", "SELECT '0000-01-01'::TIMESTAMP AS t, 1 AS n")
