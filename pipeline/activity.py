@@ -8,6 +8,7 @@ the command joins them. Workers are matched to hosts by short host name: worker
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -60,21 +61,33 @@ def workers_url(root_url: str, pool: str, token: str | None = None) -> str:
     )
 
 
+MAX_ANSWER_BYTES = 64 << 20  # a page of 1,000 workers is about 1 MB
+
+
 def _get_json(url: str, timeout: float) -> dict[str, Any]:
     if not url.startswith(("http://", "https://")):
         raise ActivityError(f"not an http(s) URL: {url}")
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            body = json.load(response)
+            raw = response.read(MAX_ANSWER_BYTES + 1)
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise ActivityError(f"GET {url}: answer larger than {MAX_ANSWER_BYTES >> 20} MiB")
+        body = json.loads(raw.decode("utf-8"))
     except urllib.error.HTTPError as exc:
         raise ActivityError(f"GET {url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise ActivityError(f"GET {url}: {getattr(exc, 'reason', exc)}") from exc
+    except UnicodeDecodeError as exc:
+        raise ActivityError(f"GET {url}: not UTF-8 ({exc.reason})") from exc
     except json.JSONDecodeError as exc:
         raise ActivityError(f"GET {url}: not JSON ({exc.msg})") from exc
+    except (http.client.HTTPException, ValueError) as exc:  # a bad URL or a garbled answer
+        raise ActivityError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(body, dict) or not isinstance(body.get("workers"), list):
         raise ActivityError(f"GET {url}: no `workers` list in the answer")
+    if not all(isinstance(w, dict) for w in body["workers"]):
+        raise ActivityError(f"GET {url}: a `workers` entry is not an object")
     return body
 
 
@@ -82,15 +95,18 @@ def _when(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    # no zone: UTC, as the queue means it (astimezone would take the machine's zone)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def fetch_workers(root_url: str, pool: str, timeout: float = 30.0) -> list[Worker]:
     """Every worker of a pool, following continuationToken to the last page."""
     workers: list[Worker] = []
     token: str | None = None
+    seen: set[str] = set()
     for _ in range(MAX_PAGES):
         page = _get_json(workers_url(root_url, pool, token), timeout)
         for w in page["workers"]:
@@ -103,6 +119,9 @@ def fetch_workers(root_url: str, pool: str, timeout: float = 30.0) -> list[Worke
         token = page.get("continuationToken") or None
         if token is None:
             return workers
+        if not isinstance(token, str) or token in seen:
+            raise ActivityError(f"{pool}: the queue sent continuationToken {token!r} again")
+        seen.add(token)
     raise ActivityError(f"{pool}: more than {MAX_PAGES} pages of workers; giving up")
 
 

@@ -527,13 +527,18 @@ def ingest_workers(
     Example: fleetstate ingest-workers --root-url https://firefox-ci-tc.services.mozilla.com \\
                  --pool releng-hardware/gecko-t-linux-talos
     """
+    from datetime import UTC, datetime
+
     from pipeline import activity
 
     names = [p.strip() for item in pools for p in item.split(",") if p.strip()]
+    if not names:
+        raise typer.BadParameter("no pool given (provisionerId/workerType)", param_hint="--pool")
     fetched = [(pool, activity.fetch_workers(root_url, pool, timeout)) for pool in names]
     con = _open(read_only=False)
+    now = datetime.now(UTC)  # one fetch: every pool's rows carry the same time
     for pool, workers in fetched:
-        stats = activity.save_activity(con, root_url, pool, workers)
+        stats = activity.save_activity(con, root_url, pool, workers, observed_at=now)
         _progress(
             f"{pool}: {stats.workers} workers, {stats.matched} matched a host"
             + (f", unmatched: {' '.join(stats.unmatched[:10])}" if stats.unmatched else "")

@@ -31,8 +31,8 @@ class GitError(FleetstateError):
 class Commit:
     sha: str
     parents: list[str]
-    author_time: datetime
-    commit_time: datetime
+    author_time: datetime | None  # None: a date Python cannot hold (after 9999, say)
+    commit_time: datetime | None
     author: str
     subject: str
 
@@ -85,23 +85,40 @@ def existing_commits(repo: Path, shas: list[str]) -> list[str]:
 
 
 def fetch_commits(repo: Path, tips: list[str], exclude: list[str]) -> list[Commit]:
-    """Commits reachable from `tips` but not from `exclude`, newest first."""
+    """Commits reachable from `tips` but not from `exclude`, newest first. The revisions go
+    on git's stdin: a repository with tens of thousands of branches overflows argv."""
     if not tips:
         return []
-    args = ["log", f"--format={_FIELDS}", *tips]
-    if exclude:
-        args += ["--not", *exclude]
-    out = _git(repo, *args, "--")
+    revisions = "\n".join([*tips, *(f"^{sha}" for sha in exclude)]) + "\n"
+    out = _git(repo, "log", f"--format={_FIELDS}", "--stdin", stdin=revisions)
     commits = []
     fields = out.split("\x00")
     for i in range(0, len(fields) - 5, 6):
         sha, parents, at, ct, author, subject = fields[i : i + 6]
         commits.append(Commit(
             sha=sha.strip(), parents=parents.split(), author=author, subject=subject,
-            author_time=datetime.fromtimestamp(int(at), UTC),
-            commit_time=datetime.fromtimestamp(int(ct), UTC),
+            author_time=_time(at), commit_time=_time(ct),
         ))  # fmt: skip
     return commits
+
+
+def _time(epoch: str) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(epoch), UTC)
+    except (ValueError, OverflowError, OSError):  # git takes any date; Python up to 9999
+        return None
+
+
+def shallow_commits(repo: Path) -> set[str]:
+    """The boundary commits of a shallow clone (their parents are not in it); empty when
+    the clone is whole."""
+    if _git(repo, "rev-parse", "--is-shallow-repository").strip() != "true":
+        return set()
+    path = Path(_git(repo, "rev-parse", "--git-path", "shallow").strip())
+    try:
+        return set((path if path.is_absolute() else repo / path).read_text().split())
+    except OSError:
+        return set()
 
 
 def known_tips(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -110,9 +127,13 @@ def known_tips(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def save_graph(
-    con: duckdb.DuckDBPyConnection, commits: list[Commit], refs: dict[str, str]
+    con: duckdb.DuckDBPyConnection,
+    commits: list[Commit],
+    refs: dict[str, str],
+    shallow: bool = False,
 ) -> GraphStats:
-    """Insert new commits and replace the branch tips, recording tip changes; one transaction."""
+    """Insert new commits and replace the branch tips, recording tip changes; one transaction.
+    `shallow`: the clone read was shallow (the next load reads its whole graph again)."""
     now = datetime.now(UTC)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -129,6 +150,10 @@ def save_graph(
         for name, sha in refs.items():
             con.execute("INSERT INTO git_refs VALUES (?, ?, ?)", [name, sha, now])
         added = _count(con) - n0
+        con.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('git_shallow', ?)",
+            ["true" if shallow else "false"],
+        )
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -153,6 +178,11 @@ def _insert_commits(con: duckdb.DuckDBPyConnection, commits: list[Commit], now: 
             "loaded_at) SELECT *, ? FROM new_commits ON CONFLICT DO NOTHING",
             [now],
         )
+        # a shallow clone's boundary commit was stored without parents; deepened, it has them
+        con.execute(
+            "UPDATE git_commits g SET parents = n.parents FROM new_commits n "
+            "WHERE g.sha = n.sha AND len(g.parents) = 0 AND len(n.parents) > 0"
+        )
     finally:
         con.unregister("new_commits")
 
@@ -166,6 +196,13 @@ def load_graph(con: duckdb.DuckDBPyConnection, repo: Path) -> GraphStats:
     if not repo.is_dir():
         raise GitError(f"{repo} is not a directory (expected a clone of the puppet repository)")
     refs = fetch_refs(repo)
-    exclude = existing_commits(repo, known_tips(con))
+    shallow = shallow_commits(repo)
+    row = con.execute("SELECT value FROM meta WHERE key = 'git_shallow'").fetchall()
+    if shallow or (row and row[0][0] == "true"):
+        # a shallow clone deepens: its old boundary commits get parents, and commits older
+        # than them appear, all below the known tips: read the whole graph again
+        exclude = []
+    else:
+        exclude = existing_commits(repo, known_tips(con))
     commits = fetch_commits(repo, sorted(set(refs.values())), exclude)
-    return save_graph(con, commits, refs)
+    return save_graph(con, commits, refs, shallow=bool(shallow))

@@ -28,5 +28,17 @@ SELECT unnest(arg_max(o, o.observed_at)) FROM observations o GROUP BY o.host;
 CREATE OR REPLACE VIEW latest_contact AS
 SELECT unnest(arg_max(o, o.observed_at)) FROM observations o WHERE o.reachable GROUP BY o.host;
 
+-- a host's worker: the freshest activity any pool or fetch has shown for it (a worker moved
+-- to another pool is still listed, stale, by the old one; one workerId may be in two
+-- workerGroups), with the quarantine of the latest fetch (the larger if it shows two)
 CREATE OR REPLACE VIEW latest_activity AS
-SELECT unnest(arg_max(a, a.observed_at)) FROM worker_activity a GROUP BY a.host;
+SELECT a.host, max(a.observed_at) AS observed_at,
+    arg_max(a.worker_pool, fresh) AS worker_pool, arg_max(a.worker_id, fresh) AS worker_id,
+    max(a.last_active) AS last_active,
+    -- in a struct, so that the latest fetch's "not quarantined" (NULL) is not skipped
+    arg_max({'q': a.quarantined_until}, {'o': a.observed_at,
+        'q': coalesce(a.quarantined_until, '-infinity'::TIMESTAMPTZ)}).q AS quarantined_until,
+    arg_max(a.extra, fresh) AS extra
+FROM (SELECT *, {'a': coalesce(last_active, '-infinity'::TIMESTAMPTZ), 'o': observed_at} AS fresh
+      FROM worker_activity) a
+GROUP BY a.host;
