@@ -123,10 +123,11 @@ def ingest(
     ] = None,
     user: Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")] = None,
     timeout: Annotated[
-        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds one host may take.")
+        float,
+        typer.Option(min=0.1, max=86400, metavar="SECONDS", help="Seconds one host may take."),
     ] = 60.0,
     connect_timeout: Annotated[
-        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds to establish SSH.")
+        float, typer.Option(min=0.1, max=3600, metavar="SECONDS", help="Seconds to establish SSH.")
     ] = 10.0,
     retries: Annotated[
         int,
@@ -257,8 +258,11 @@ def rollout(
         bool, typer.Option(help="Ingest, refresh, repeat until complete (or --min met).")
     ] = False,
     interval: Annotated[
-        float, typer.Option(min=0, metavar="SECONDS", help="Seconds between refreshes.")
-    ] = 60.0,
+        float | None,
+        typer.Option(
+            min=0, max=86400, metavar="SECONDS", help="--watch: seconds between refreshes [60]."
+        ),
+    ] = None,
     from_dir: Annotated[
         Path | None, typer.Option("--from", help="--watch: load this mirror directory each time.")
     ] = None,
@@ -284,8 +288,12 @@ def rollout(
     """
     from pipeline import views
 
-    if not watch and (from_dir is not None or ingest_targets or iterations is not None):
-        raise typer.BadParameter("only with --watch", param_hint="--from/--ingest/--iterations")
+    if not watch and (
+        from_dir is not None or ingest_targets or iterations is not None or interval is not None
+    ):
+        raise typer.BadParameter(
+            "only with --watch", param_hint="--from/--ingest/--iterations/--interval"
+        )
     ingesting = watch and (from_dir is not None or bool(ingest_targets))
     refreshes = 0
     shown: Rollout | None = None  # json and csv: the refresh stdout has not had yet
@@ -310,7 +318,7 @@ def rollout(
                 _progress(_rollout_line(result))
             if last:
                 break
-            time.sleep(interval)
+            time.sleep(60.0 if interval is None else interval)
     except (KeyboardInterrupt, RuntimeError) as exc:  # Ctrl-C (in a query: RuntimeError)
         ctrl_c = isinstance(exc, KeyboardInterrupt) or "interrupted" in str(exc).lower()
         if ctrl_c and shown is not None:  # it ends a watch: stdout still gets its document
@@ -516,7 +524,8 @@ def ingest_workers(
         str, typer.Option(envvar="TASKCLUSTER_ROOT_URL", help="Taskcluster deployment root URL.")
     ],
     timeout: Annotated[
-        float, typer.Option(min=0.1, metavar="SECONDS", help="Seconds per HTTP request.")
+        float,
+        typer.Option(min=0.1, max=3600, metavar="SECONDS", help="Seconds per HTTP request."),
     ] = 30.0,
 ) -> None:
     """Record each worker's last-active time and quarantine from Taskcluster's queue (HEALTHY).

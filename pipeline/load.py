@@ -203,9 +203,10 @@ def committed_sizes(host_dir: Path) -> dict[str, int] | None:
     side (tests/test_layers.py); tests/test_load_consistency.py writes it with Mirror."""
     try:
         data = json.loads((host_dir / MIRROR_CURSOR).read_text())
-        return {HISTORY: int(data["history_size"]), OBSERVATIONS: int(data["observations_size"])}
-    except (OSError, ValueError, TypeError, KeyError):
+        sizes = {HISTORY: int(data["history_size"]), OBSERVATIONS: int(data["observations_size"])}
+    except (OSError, ValueError, TypeError, KeyError, OverflowError):
         return None
+    return sizes if min(sizes.values()) >= 0 else None
 
 
 # a host's input files: (host, [(path, cursor key = the resolved path, bytes to read at

@@ -209,8 +209,8 @@ def printable(text: str) -> str:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, timedelta):  # for people: 1:30:00, 3 days, 4:05:06
-        return str(value)
+    if isinstance(value, timedelta):  # for people: 1:30:00, 3 days, 4:05:06, -0:00:05
+        return str(value) if value >= timedelta(0) else f"-{-value}"
     return printable("" if value is None else str(_jsonable(value)))
 
 

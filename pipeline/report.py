@@ -56,11 +56,16 @@ def resolve_host(con: duckdb.DuckDBPyConnection, name: str) -> str:
     ).fetchall()
     if not rows:
         raise FleetstateError(f"host {name!r} is not in the warehouse")
-    first = str(rows[0][0])
-    if first.lower() == name.lower() or len(rows) == 1:
-        return first
-    names = ", ".join(str(r[0]) for r in rows[:5])
-    raise FleetstateError(f"{name!r} is ambiguous: {names}{' ...' if len(rows) > 5 else ''}")
+    hosts = [str(r[0]) for r in rows]
+    same = [h for h in hosts if h.lower() == name.lower()]
+    if name in hosts:
+        return name
+    if len(same) == 1:  # the name in another case
+        return same[0]
+    if not same and len(hosts) == 1:  # a short name
+        return hosts[0]
+    names = ", ".join((same or hosts)[:5])
+    raise FleetstateError(f"{name!r} is ambiguous: {names}{' ...' if len(hosts) > 5 else ''}")
 
 
 def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.DataFrame:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +58,27 @@ def connect(
         raise WarehouseError(f"{path} is not a DuckDB warehouse (wrong --db or FLEETSTATE_DB?)")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = _open_waiting(path, read_only, wait_s)
+    except duckdb.IOException as exc:
+        raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
+    _session(con)
+    try:
+        _refuse_foreign(con, path)
+        if not read_only:
+            migrate(con)
+            apply_queries(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _open_waiting(
+    path: Path, read_only: bool, wait_s: float | None = None
+) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect, waiting up to `wait_s` (FLEETSTATE_LOCK_WAIT_S, 5 s) while another
+    process holds the file's lock, then a clear error; other failures are DuckDB's."""
     if wait_s is None:
         raw = os.environ.get("FLEETSTATE_LOCK_WAIT_S", "5")
         try:
@@ -68,27 +90,16 @@ def connect(
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            break
+            return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
-                raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
+                raise
             if time.monotonic() >= deadline:
                 raise WarehouseError(
                     f"warehouse {path} is locked by another fleetstate process; "
                     "try again when it has finished"
                 ) from exc
             time.sleep(0.2)
-    _session(con)
-    try:
-        _refuse_foreign(con, path)
-        if not read_only:
-            migrate(con)
-            apply_queries(con)
-    except BaseException:
-        con.close()
-        raise
-    return con
 
 
 def _refuse_foreign(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -192,27 +203,25 @@ def rebuilding(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     process using it is refused (locked) instead of writing on into a deleted file, and a
     crash or an error leaves the old one as it was. A file DuckDB cannot open at all (a
     release whose storage it does not read, say) is replaced without being held."""
+    path = Path(os.path.realpath(path))  # --db a symbolic link: the file it names
     old = None
     if path.exists():
         if path.is_file() and path.stat().st_size and not _is_duckdb_file(path):
             raise WarehouseError(f"{path} is not a DuckDB warehouse (wrong --db or FLEETSTATE_DB?)")
         try:
-            old = duckdb.connect(str(path))
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise WarehouseError(
-                    f"warehouse {path} is locked by another fleetstate process; "
-                    "try again when it has finished"
-                ) from exc
+            old = _open_waiting(path, read_only=False)
         except duckdb.Error:
-            pass  # not openable: nothing to hold
+            pass  # not openable (a release whose storage this one does not read): not held
         if old is not None:
             try:
                 _refuse_foreign(old, path)
             except BaseException:
                 old.close()
                 raise
-    new = path.with_name(f".{path.name}.rebuild")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rebuild", dir=path.parent)
+    os.close(fd)
+    new = Path(scratch)  # its own name: two rebuilds of a new warehouse do not collide
     try:
         remove(new)
         con = connect(new)

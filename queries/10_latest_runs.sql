@@ -21,12 +21,15 @@ CREATE OR REPLACE VIEW latest_success AS
 SELECT unnest(arg_min(r, newest_first(r.ts, r.source, r.byte_offset, r.run_id)))
 FROM runs r WHERE r.success GROUP BY r.host;
 
+-- observations of one instant: the line appended later wins, as for runs
 CREATE OR REPLACE VIEW latest_observation AS
-SELECT unnest(arg_max(o, o.observed_at)) FROM observations o GROUP BY o.host;
+SELECT unnest(arg_max(o, {'at': o.observed_at, 'offset': coalesce(o.byte_offset, 0)}))
+FROM observations o GROUP BY o.host;
 
 -- the last time the collector reached the host: its current override and vault
 CREATE OR REPLACE VIEW latest_contact AS
-SELECT unnest(arg_max(o, o.observed_at)) FROM observations o WHERE o.reachable GROUP BY o.host;
+SELECT unnest(arg_max(o, {'at': o.observed_at, 'offset': coalesce(o.byte_offset, 0)}))
+FROM observations o WHERE o.reachable GROUP BY o.host;
 
 -- a host's worker: the freshest activity any pool or fetch has shown for it (a worker moved
 -- to another pool is still listed, stale, by the old one; one workerId may be in two

@@ -29,7 +29,9 @@ WITH at_target AS (
     FROM marked GROUP BY host
 ), contact_role AS (
     -- latest_contact's role, NULL included (arg_max on a struct keeps a NULL role)
-    SELECT host, arg_max({'role': role}, observed_at).role AS role
+    SELECT host,
+        arg_max({'role': role}, {'at': observed_at, 'offset': coalesce(byte_offset, 0)}).role
+            AS role
     FROM observations WHERE reachable GROUP BY host
 ), hosts AS (
     SELECT coalesce(p.host, c.host) AS host, p.lr, p.ls, p.last_ok_elsewhere, p.ever_ok_at,
