@@ -32,13 +32,27 @@ _ps_log() {
     printf 'puppet_state: %s\n' "$*" >&2
 }
 
+# The latest second the collector accepts (9999-12-31T23:59:59Z); the earliest is 0.
+_PS_LAST_EPOCH=253402300799
+
+# Status 0 when $1 is an epoch the record can hold: digits, 1970 to 9999.
+_ps_epoch_ok() {
+    case $1 in '' | *[!0-9]*) return 1 ;; esac
+    [ "${#1}" -le 12 ] && [ "$((10#$1))" -le "$_PS_LAST_EPOCH" ]
+}
+
 # Epoch seconds -> ISO 8601 UTC in _PS_ISO, in pure arithmetic because the
 # portable date(1) has no way to format a given epoch (GNU -d vs BSD -r).
+# Status 1 (and _PS_ISO empty) for an epoch before 1970 or after 9999: the
+# collector rejects such a time, and a negative one has no %04d form.
 _ps_iso_utc() {
     local t=$1 z era doe yoe y doy mp d m s
+    _PS_ISO=""
+    _ps_epoch_ok "$t" || return 1
+    t=$((10#$t))
     z=$((t / 86400 + 719468))
     s=$((t % 86400))
-    era=$(((z >= 0 ? z : z - 146096) / 146097))
+    era=$((z / 146097))
     doe=$((z - era * 146097))
     yoe=$(((doe - doe / 1460 + doe / 36524 - doe / 146096) / 365))
     y=$((yoe + era * 400))
@@ -51,10 +65,25 @@ _ps_iso_utc() {
         "$y" "$m" "$d" $((s / 3600)) $((s % 3600 / 60)) $((s % 60))
 }
 
-# Current epoch in _PS_NOW (empty when date fails).
+# Current epoch in _PS_NOW: date(1), else bash's own clock. Empty when neither
+# gives a time the record can hold (bash 3.2 without a working date, or a clock
+# set before 1970).
 _ps_now() {
     _PS_NOW=$(date -u +%s 2>/dev/null)
-    case $_PS_NOW in '' | *[!0-9]*) _PS_NOW="" ;; esac
+    _ps_epoch_ok "$_PS_NOW" || _ps_bash_clock
+    if _ps_epoch_ok "$_PS_NOW"; then _PS_NOW=$((10#$_PS_NOW)); else _PS_NOW=""; fi
+}
+
+# Epoch seconds from bash itself in _PS_NOW, for a host whose date(1) fails:
+# $EPOCHSECONDS (bash 5) or printf's %(%s)T (bash 4.2); bash 3.2 has neither.
+_ps_bash_clock() {
+    _PS_NOW=""
+    if [ "${BASH_VERSINFO[0]}" -ge 5 ]; then
+        _PS_NOW=${EPOCHSECONDS:-} # guarded: BASH_VERSINFO
+    elif [ "${BASH_VERSINFO[0]}" -eq 4 ] && [ "${BASH_VERSINFO[1]}" -ge 2 ]; then
+        printf -v _PS_NOW '%(%s)T' -1 2>/dev/null # guarded: BASH_VERSINFO
+    fi
+    return 0
 }
 
 _ps_new_run_id() {
@@ -347,12 +376,18 @@ _ps_json_string_or_null() {
     if [ -z "$1" ]; then _PS_J=null; else _ps_json_string "$1"; fi
 }
 
-# JSON integer of $1 (digits only, up to 18) in _PS_J, else null.
+# JSON integer of $1 in _PS_J when it is plain digits within $2..$3 (the
+# collector's range for the field: out of it, it rejects the whole record),
+# else null.
 _ps_json_int() {
-    local v=$1
-    case $v in '' | *[!0-9]*) _PS_J=null && return 0 ;; esac
-    if [ ${#v} -gt 18 ]; then _PS_J=null && return 0; fi
-    _PS_J=$((10#$v))
+    local v=$1 lo=$2 hi=$3
+    _PS_J=null
+    case $v in '' | *[!0-9]*) return 0 ;; esac
+    v=${v#"${v%%[!0]*}"}
+    [ -n "$v" ] || v=0
+    [ "${#v}" -le 15 ] || return 0
+    if [ "$v" -ge "$lo" ] && [ "$v" -le "$hi" ]; then _PS_J=$v; fi
+    return 0
 }
 
 # Git facts of the checkout: _PS_GIT_REPO, _PS_GIT_SHA, _PS_GIT_SYMREF
@@ -374,8 +409,9 @@ _ps_git_info() {
     g=(git -C "$wd" -c safe.directory='*')
     out=$("${g[@]}" rev-parse HEAD --symbolic-full-name HEAD 2>/dev/null)
     line=${out%%$'\n'*}
+    # A commit is 40 hex; a sha256 repository's 64 would make the collector reject the record.
     case $line in *[!0-9a-f]* | '') line="" ;; esac
-    if [ ${#line} -ge 40 ]; then _PS_GIT_SHA=$line; fi
+    if [ "${#line}" -eq 40 ]; then _PS_GIT_SHA=$line; fi
     case $out in
     *$'\n'refs/heads/*) _PS_GIT_SYMREF=${out#*$'\n'refs/heads/} ;;
     esac
@@ -668,10 +704,7 @@ _ps_begin() {
     _ps_now
     PUPPET_STATE_START_EPOCH=$_PS_NOW
     PUPPET_STATE_STARTED_AT=""
-    if [ -n "$_PS_NOW" ]; then
-        _ps_iso_utc "$_PS_NOW"
-        PUPPET_STATE_STARTED_AT=$_PS_ISO
-    fi
+    if _ps_iso_utc "$_PS_NOW"; then PUPPET_STATE_STARTED_AT=$_PS_ISO; fi
     _ps_new_run_id
     PUPPET_STATE_ATTEMPT=$attempt
     _PS_BEGIN_OVERRIDE=$override _PS_BEGIN_OVERRIDE_SHA=""
@@ -686,6 +719,32 @@ _ps_reset_begin() {
     PUPPET_STATE_RUN_ID="" PUPPET_STATE_STARTED_AT="" PUPPET_STATE_START_EPOCH=""
     PUPPET_STATE_ATTEMPT="" _PS_BEGIN_DONE=""
     _PS_BEGIN_OVERRIDE="" _PS_BEGIN_OVERRIDE_SHA="" _PS_BEGIN_VAULT="" _PS_BEGIN_VAULT_SHA=""
+}
+
+# The record's times as JSON: _PS_TS (now) and _PS_STARTED (PUPPET_STATE_STARTED_AT
+# of puppet_state_begin, else now minus --duration), each null when unknown; a
+# --duration not given becomes the seconds since puppet_state_begin (negative,
+# after the clock was set back, it is left out: null in the record).
+_ps_record_times() {
+    local start=$PUPPET_STATE_START_EPOCH d='[0-9]'
+    _ps_now
+    _PS_TS=null _PS_STARTED=null
+    if _ps_iso_utc "$_PS_NOW"; then _PS_TS="\"$_PS_ISO\""; fi
+    if [ -z "$duration" ] && [ -n "$_PS_NOW" ] && _ps_epoch_ok "$start"; then
+        duration=$((_PS_NOW - 10#$start))
+    fi
+    # The caller can set PUPPET_STATE_STARTED_AT too: only a time goes into the JSON.
+    # shellcheck disable=SC2254 # $d is a pattern
+    case $PUPPET_STATE_STARTED_AT in
+    $d$d$d$d-$d$d-$d${d}T$d$d:$d$d:$d${d}Z)
+        _PS_STARTED="\"$PUPPET_STATE_STARTED_AT\""
+        return 0
+        ;;
+    esac
+    if [ -n "$_PS_NOW" ] && _ps_epoch_ok "$duration" && _ps_iso_utc "$((_PS_NOW - 10#$duration))"; then
+        _PS_STARTED="\"$_PS_ISO\""
+    fi
+    return 0
 }
 
 # Build and write one record. Runs in a subshell (see puppet_state_record).
@@ -725,30 +784,12 @@ _ps_record() {
         case $os in Darwin) vault=/var/root/vault.yaml ;; *) vault=/root/vault.yaml ;; esac
     fi
 
-    _ps_now
-    ts=null started=null
-    if [ -n "$_PS_NOW" ]; then
-        _ps_iso_utc "$_PS_NOW"
-        ts="\"$_PS_ISO\""
-    fi
-    if [ -z "$duration" ] && [ -n "$PUPPET_STATE_START_EPOCH" ] && [ -n "$_PS_NOW" ]; then
-        duration=$((_PS_NOW - PUPPET_STATE_START_EPOCH))
-    fi
-    if [ -n "$PUPPET_STATE_STARTED_AT" ]; then
-        started="\"$PUPPET_STATE_STARTED_AT\""
-    else
-        case $duration in '' | *[!0-9]*) ;; *)
-            if [ -n "$_PS_NOW" ] && [ ${#duration} -le 12 ]; then
-                _ps_iso_utc $((_PS_NOW - 10#$duration))
-                started="\"$_PS_ISO\""
-            fi
-            ;;
-        esac
-    fi
+    _ps_record_times
+    ts=$_PS_TS started=$_PS_STARTED
     [ -n "$PUPPET_STATE_RUN_ID" ] || _ps_new_run_id
     [ -n "$attempt" ] || attempt=${PUPPET_STATE_ATTEMPT:-1}
 
-    _ps_json_int "$exit_code"
+    _ps_json_int "$exit_code" 0 255
     exit_code=$_PS_J
     case $exit_code in 0 | 2) success=true ;; *) success=false ;; esac
 
@@ -786,13 +827,13 @@ _ps_record() {
     rec+=",\"override_sha\":$j_override_sha,\"vault_sha\":$j_vault_sha"
     _ps_json_string_or_null "$override" && rec+=",\"override_path\":$_PS_J"
     _ps_json_string_or_null "$role" && rec+=",\"role\":$_PS_J"
-    _ps_json_int "$duration" && rec+=",\"duration_s\":$_PS_J"
+    _ps_json_int "$duration" 0 2147483647 && rec+=",\"duration_s\":$_PS_J"
     rec+=",\"git_dirty\":${_PS_GIT_DIRTY:-null}"
     _ps_json_string_or_null "$vault" && rec+=",\"vault_path\":$_PS_J"
     _ps_json_string_or_null "$host" && rec+=",\"host\":$_PS_J"
     _ps_json_string_or_null "$PUPPET_STATE_RUN_ID" && rec+=",\"run_id\":$_PS_J"
     rec+=",\"started_at\":$started"
-    _ps_json_int "$attempt" && rec+=",\"attempt\":$_PS_J"
+    _ps_json_int "$attempt" 1 2147483647 && rec+=",\"attempt\":$_PS_J"
     _ps_json_string_or_null "$stage" && rec+=",\"stage\":$_PS_J"
     _ps_json_string_or_null "$os" && rec+=",\"os\":$_PS_J"
     rec+=",\"wrapper_version\":\"$PUPPET_STATE_WRAPPER_VERSION\"}"
