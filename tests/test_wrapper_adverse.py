@@ -1,7 +1,8 @@
 """Adverse hosts and callers: the record stays valid JSON the collector accepts.
 
 Odd clocks (no date, before 1970, past 9999), integers out of the collector's
-ranges, and sha256 repositories.
+ranges, sha256 repositories, a working dir inside another repository, and
+prepare records after a failed fetch.
 """
 
 from __future__ import annotations
@@ -57,6 +58,47 @@ def test_git_sha_is_40_hex_or_null_in_a_sha256_repo(host: Host) -> None:
     assert proc.returncode == 0
     sha = host.state_record()["git_sha"]
     assert sha is None or len(sha) == 40, sha
+
+
+def test_prepare_record_does_not_pair_the_new_repo_with_the_old_commit(host: Host) -> None:
+    """A fetch failure after a good run: the record names the new repo and branch
+    (remote set-url ran) next to the old checkout's sha, a commit of neither."""
+    assert host.run(FAKE_PUPPET_RC="0").returncode == 0
+    new_repo = f"file://{host.root}/other-repo"
+    host.override.write_text(f'PUPPET_REPO="{new_repo}"\nPUPPET_BRANCH="feature"\n')
+    assert host.run(FAKE_PUPPET_RC="0").returncode == 1
+    rec = host.history_records()[-1]
+    assert rec["stage"] == "prepare"
+    assert not (rec["git_repo"] == new_repo and rec["git_sha"] == host.upstream_sha), rec
+
+
+def _etckeeper(host: Host) -> Path:
+    """/etc as a git repository (etckeeper) holding a plain, not yet fetched working dir."""
+    outer = host.root / "etc"
+    git("init", "-q", "-b", "etc", str(outer))
+    git("-C", str(outer), "remote", "add", "origin", "https://etckeeper.example/etc.git")
+    git("-C", str(outer), "add", "-A")
+    git("-C", str(outer), "commit", "-q", "-m", "etc")
+    wd = outer / "puppet" / "environments" / "ronin_puppet"
+    wd.mkdir(parents=True)
+    return wd
+
+
+def test_working_dir_inside_another_repo_gives_no_git_facts(host: Host) -> None:
+    """The checkout dir exists but is not a repository (not fetched yet) and sits
+    inside another repository (etckeeper's /etc): its git facts are not ours. The
+    prepare record names the repo and branch asked for (the override's)."""
+    wd = _etckeeper(host)
+    host.role_file.unlink()  # prepare failure before checkout_code runs
+    proc = host.run(PUPPET_WORKING_DIR=str(wd))
+    assert proc.returncode == 1
+    rec = host.state_record()
+    assert (rec["git_sha"], rec["git_dirty"]) == (None, None), rec
+    assert (rec["git_repo"], rec["git_branch"]) == (f"file://{host.upstream}", "main")
+    # the library itself, given that directory: nothing of etckeeper's
+    assert host.bash('write_puppet_state "$1" r 0 1 /o /v', str(wd)).returncode == 0
+    rec = host.state_record()
+    assert (rec["git_repo"], rec["git_sha"], rec["git_dirty"]) == (None, None, None), rec
 
 
 def test_integers_the_collector_rejects_are_not_written(host: Host) -> None:
@@ -136,3 +178,66 @@ def test_started_at_before_1970_is_null(host: Host) -> None:
 def test_integer_range_edges(host: Host, args: str, field: str, value: int | None) -> None:
     assert host.bash(f"puppet_state_record --role r {args}").returncode == 0
     assert host.state_record()[field] == value
+
+
+# --- git facts ---------------------------------------------------------------------
+
+
+def test_repo_asked_for_that_is_not_the_checkouts_gives_no_commit(host: Host) -> None:
+    """--repo names the repo an attempt asked for; a checkout of another repo holds a
+    commit of neither (the fetch failed), so git_sha and git_dirty are null."""
+    wd = host.working_dir
+    git("clone", "-q", str(host.upstream), str(wd))
+    record = 'puppet_state_record --exit-code "" --stage prepare --working-dir "$1" --repo "$2"'
+    assert host.bash(record, str(wd), "https://other.example/x.git").returncode == 0
+    rec = host.state_record()
+    assert (rec["git_repo"], rec["git_sha"], rec["git_dirty"]) == (
+        "https://other.example/x.git",
+        None,
+        None,
+    )
+    assert host.bash(record, str(wd), str(host.upstream)).returncode == 0
+    rec = host.state_record()
+    assert (rec["git_repo"], rec["git_sha"]) == (str(host.upstream), host.upstream_sha)
+
+
+def test_failed_fetch_leaves_origin_naming_the_checked_out_commit(host: Host) -> None:
+    """origin is set to the new repo only once its commit is checked out: a later
+    record of the checkout (seed-style) pairs the old commit with the old repo."""
+    assert host.run(FAKE_PUPPET_RC="0").returncode == 0
+    host.override.write_text(f'PUPPET_REPO="file://{host.root}/missing"\nPUPPET_BRANCH="x"\n')
+    assert host.run(FAKE_PUPPET_RC="0").returncode == 1
+    url = git("-C", str(host.working_dir), "config", "--get", "remote.origin.url")
+    assert url == f"file://{host.upstream}"
+
+
+def test_prepare_failure_after_the_checkout_keeps_its_commit(host: Host) -> None:
+    """The commit asked for is checked out, then installing the vault fails: the
+    prepare record names that commit (the checkout got there), with the repo asked."""
+    secrets = host.working_dir / "data" / "secrets"
+    git("clone", "-q", str(host.upstream), str(host.working_dir))
+    secrets.parent.mkdir()
+    secrets.write_text("a file where the directory goes\n")
+    proc = host.run(FAKE_PUPPET_RC="0")
+    assert proc.returncode == 1 and "could not install the vault" in proc.stderr
+    rec = host.state_record()
+    assert rec["stage"] == "prepare" and rec["git_sha"] == host.upstream_sha
+    assert rec["git_repo"] == f"file://{host.upstream}" and rec["git_branch"] == "main"
+
+
+def test_subdirectory_of_a_checkout_gives_no_git_facts(host: Host) -> None:
+    git("clone", "-q", str(host.upstream), str(host.working_dir))
+    sub = host.working_dir / "manifests"
+    assert host.bash('write_puppet_state "$1" r 0 1 /o /v', str(sub)).returncode == 0
+    rec = host.state_record()
+    assert (rec["git_repo"], rec["git_sha"], rec["git_dirty"]) == (None, None, None)
+
+
+def test_working_dir_reached_through_a_symlink_keeps_its_git_facts(host: Host) -> None:
+    """The top-level check compares physical paths: a symlinked path is the checkout."""
+    git("clone", "-q", str(host.upstream), str(host.working_dir))
+    link = host.root / "link"
+    link.symlink_to(host.working_dir)
+    assert host.bash('write_puppet_state "$1" r 0 1 /o /v', "link").returncode == 0
+    rec = host.state_record()
+    assert (rec["git_repo"], rec["git_sha"]) == (str(host.upstream), host.upstream_sha)

@@ -10,7 +10,7 @@
 # Public functions (see wrapper/README.md):
 #   puppet_state_begin  [--attempt N] [--override PATH] [--vault PATH]
 #   puppet_state_record --exit-code N [--stage puppet|prepare] [--role R]
-#                       [--working-dir D] [--branch B] [--attempt N]
+#                       [--working-dir D] [--branch B] [--repo URL] [--attempt N]
 #                       [--duration S] [--override PATH] [--vault PATH]
 #   write_puppet_state  WORKING_DIR ROLE EXIT_CODE DURATION_S OVERRIDE_PATH VAULT_PATH [STATE_FILE]
 #   puppet_state_override_value FILE KEY   (sets PUPPET_STATE_VALUE)
@@ -392,8 +392,10 @@ _ps_json_int() {
 
 # Git facts of the checkout: _PS_GIT_REPO, _PS_GIT_SHA, _PS_GIT_SYMREF
 # (branch name or empty when detached) and _PS_GIT_DIRTY (true/false/empty).
+# All empty unless wd is the top level of its repository: a plain directory
+# inside another repository (etckeeper's /etc) would give that one's facts.
 _ps_git_info() {
-    local wd=$1 out line excl
+    local wd=$1 out line excl top here
     _PS_GIT_REPO="" _PS_GIT_SHA="" _PS_GIT_SYMREF="" _PS_GIT_DIRTY=""
     [ -n "$wd" ] || return 0
     if ! command -v git >/dev/null 2>&1; then
@@ -407,7 +409,18 @@ _ps_git_info() {
     local -a g
     export GIT_OPTIONAL_LOCKS=0 GIT_TERMINAL_PROMPT=0
     g=(git -C "$wd" -c safe.directory='*')
-    out=$("${g[@]}" rev-parse HEAD --symbolic-full-name HEAD 2>/dev/null)
+    # The top level comes first and is printed even when HEAD has no commit yet.
+    out=$("${g[@]}" rev-parse --show-toplevel HEAD --symbolic-full-name HEAD 2>/dev/null)
+    top=${out%%$'\n'*}
+    # git names the top level by its physical path; so does pwd -P (a fork, spared
+    # when wd is given as that path already).
+    here=$wd
+    [ "$top" = "$here" ] || here=$(CDPATH="" cd -P -- "$wd" 2>/dev/null && pwd -P)
+    if [ -z "$top" ] || [ "$top" != "$here" ]; then
+        _ps_log "working dir $wd is not the top level of a git checkout; git fields are null"
+        return 0
+    fi
+    out=${out#*$'\n'}
     line=${out%%$'\n'*}
     # A commit is 40 hex; a sha256 repository's 64 would make the collector reject the record.
     case $line in *[!0-9a-f]* | '') line="" ;; esac
@@ -750,7 +763,7 @@ _ps_record_times() {
 # Build and write one record. Runs in a subshell (see puppet_state_record).
 _ps_record() {
     local exit_code="" stage=puppet role="" wd="" branch="" attempt="" duration=""
-    local override="" vault=""
+    local override="" vault="" repo=""
     local state=${PUPPET_STATE_FILE:-/etc/puppet/last_run_metadata.json}
     local hist=${PUPPET_RUN_HISTORY:-/var/log/puppet_run_history.jsonl}
     local os ts started success host rec j_override_sha j_vault_sha
@@ -761,6 +774,7 @@ _ps_record() {
         --role) role=${2:-} ;;
         --working-dir) wd=${2:-} ;;
         --branch) branch=${2:-} ;;
+        --repo) repo=${2:-} ;;
         --attempt) attempt=${2:-} ;;
         --duration) duration=${2:-} ;;
         --override) override=${2:-} ;;
@@ -809,6 +823,13 @@ _ps_record() {
     j_vault_sha=$_PS_J
 
     _ps_git_info "$wd"
+    if [ -n "$repo" ]; then
+        # The repo the attempt asked for. A checkout whose origin is another one
+        # holds a commit of that other repo (the fetch that would have switched it
+        # failed): none of its facts are this attempt's.
+        if [ "$repo" != "$_PS_GIT_REPO" ]; then _PS_GIT_SHA="" _PS_GIT_SYMREF="" _PS_GIT_DIRTY=""; fi
+        _PS_GIT_REPO=$repo
+    fi
     if [ -z "$branch" ]; then branch=$_PS_GIT_SYMREF; fi
     if [ -z "$branch" ]; then
         puppet_state_override_value "$override" PUPPET_BRANCH

@@ -97,26 +97,30 @@ with_timeout() {
     return "$rc"
 }
 
-# Fetch $1 (repo) at branch $2 into the working dir and check the commit out.
+# Fetch $1 (repo) at branch $2 into the working dir and check the commit out;
+# CHECKED_OUT=1 once the checkout is that commit. origin is set to $1 only
+# then: until the checkout moves, it names the repo of the commit there.
 checkout_code() {
     local repo=$1 branch=$2
     if [ ! -d "$WORKING_DIR/.git" ]; then
         mkdir -p "$WORKING_DIR" && git init -q "$WORKING_DIR" || return 1
     fi
+    GIT_TERMINAL_PROMPT=0 with_timeout "$GIT_TIMEOUT_S" \
+        git -C "$WORKING_DIR" fetch -q -- "$repo" "+refs/heads/$branch:refs/remotes/origin/$branch" ||
+        return 1
+    git -C "$WORKING_DIR" checkout -q -f --detach "refs/remotes/origin/$branch" || return 1
+    CHECKED_OUT=1
     if git -C "$WORKING_DIR" config --get remote.origin.url >/dev/null 2>&1; then
         git -C "$WORKING_DIR" remote set-url origin "$repo" || return 1
     else
         git -C "$WORKING_DIR" remote add origin "$repo" || return 1
     fi
-    GIT_TERMINAL_PROMPT=0 with_timeout "$GIT_TIMEOUT_S" \
-        git -C "$WORKING_DIR" fetch -q origin "+refs/heads/$branch:refs/remotes/origin/$branch" ||
-        return 1
-    git -C "$WORKING_DIR" checkout -q -f --detach "refs/remotes/origin/$branch" || return 1
 }
 
 # One attempt; its status is puppet's exit code, or 1 when puppet never ran.
 run_attempt() {
     local attempt=$1 repo branch role="" rc
+    CHECKED_OUT=""
     puppet_state_begin --attempt "$attempt" --override "$OVERRIDE_FILE" --vault "$VAULT_FILE"
     repo=$DEFAULT_REPO branch=$DEFAULT_BRANCH
     if [ -f "$OVERRIDE_FILE" ]; then
@@ -148,8 +152,13 @@ run_attempt() {
             --working-dir "$WORKING_DIR" --branch "$branch" --attempt "$attempt"
         return "$rc"
     fi
+    # Puppet never ran. The repo and branch are the ones asked for; the checkout's
+    # commit is this attempt's only when the checkout got to it, else it is what
+    # an earlier attempt left there (of another repo or branch, maybe): null.
+    local wd=""
+    [ -z "$CHECKED_OUT" ] || wd=$WORKING_DIR
     puppet_state_record --exit-code "" --stage prepare --role "$role" \
-        --working-dir "$WORKING_DIR" --branch "$branch" --attempt "$attempt"
+        --working-dir "$wd" --repo "$repo" --branch "$branch" --attempt "$attempt"
     return 1
 }
 
