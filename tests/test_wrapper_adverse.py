@@ -1,18 +1,28 @@
 """Adverse hosts and callers: the record stays valid JSON the collector accepts.
 
 Odd clocks (no date, before 1970, past 9999), integers out of the collector's
-ranges, sha256 repositories, a working dir inside another repository, and
-prepare records after a failed fetch.
+ranges, sha256 repositories, a working dir inside another repository, prepare
+records after a failed fetch, callers with digits in IFS or another locale,
+stale locks with an unknown owner, numeric settings with leading zeros, umask
+077, a full disk mid-append, and FIFOs and directories where files are
+expected. Tests that mount a tmpfs need root (unshare -m) and skip without it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from wrapper_helpers import (
+    BASH,
     ISO_RE,
+    LINUX_SCRIPT,
     Host,
     git,
     make_host,
@@ -27,6 +37,16 @@ def host(tmp_path: Path) -> Host:
     # left behind, and under errexit the watchdog itself is (see the errexit test)
     h.env["PUPPET_TIMEOUT_S"] = "0"
     return h
+
+
+def _need_mount_namespace() -> None:
+    """Skip unless a private mount namespace (for a small tmpfs) can be had: root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: mounts a small tmpfs in a private mount namespace")
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not available")
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a mount namespace here (unshare -m failed)")
 
 
 def _fake_date(host: Host, body: str) -> str:
@@ -101,6 +121,114 @@ def test_working_dir_inside_another_repo_gives_no_git_facts(host: Host) -> None:
     assert (rec["git_repo"], rec["git_sha"], rec["git_dirty"]) == (None, None, None), rec
 
 
+def test_caller_ifs_with_digits_does_not_break_begin(host: Host) -> None:
+    """puppet_state_begin runs in the caller's shell: unquoted $# and $((...)) split
+    on an IFS holding digits (attempt lost, started_at malformed)."""
+    snippet = (
+        "IFS=0123456789\n"
+        'puppet_state_begin --attempt 3 --override "$1" --vault "$2"\n'
+        "IFS=$' \\t\\n'\n"
+        "puppet_state_record --exit-code 0 --role r"
+    )
+    proc = host.bash(snippet, str(host.override), str(host.vault))
+    assert proc.returncode == 0
+    rec = host.state_record()
+    assert rec["attempt"] == 3
+    assert ISO_RE.match(rec["started_at"]), rec["started_at"]
+
+
+def test_override_value_does_not_depend_on_the_callers_locale(host: Host) -> None:
+    """[[:blank:]] matches U+3000 in a UTF-8 locale; sh does not split on it."""
+    host.override.write_bytes(b"PUPPET_BRANCH=feat\xe3\x80\x80x\n")
+    sh = subprocess.run(
+        ["sh", "-c", '. "$1"; printf %s "$PUPPET_BRANCH"', "sh", str(host.override)],
+        capture_output=True,
+    )
+    got = {}
+    for loc in ("C", "C.UTF-8"):
+        proc = host.bash(
+            'puppet_state_override_value "$1" PUPPET_BRANCH; printf %s "$PUPPET_STATE_VALUE"',
+            str(host.override),
+            LC_ALL=loc,
+        )
+        got[loc] = proc.stdout
+    assert got == {"C": sh.stdout, "C.UTF-8": sh.stdout}
+
+
+def test_old_lock_with_an_empty_owner_file_is_broken(host: Host) -> None:
+    """A writer that died after creating an empty owner (disk full, or killed between
+    open and write) leaves a lock that is never broken: every later record waits the
+    full timeout and rotation never happens again."""
+    lock = Path(f"{host.history}.lock")
+    lock.mkdir()
+    (lock / "owner").write_text("")
+    old = time.time() - 7200
+    os.utime(lock / "owner", (old, old))
+    os.utime(lock, (old, old))
+    start = time.monotonic()
+    proc = host.bash('write_puppet_state "" r 0 1 /o /v')
+    assert b"not acquired" not in proc.stderr, proc.stderr
+    assert time.monotonic() - start < 3
+    assert not lock.exists()
+
+
+@pytest.mark.parametrize(
+    "knob", ["PUPPET_RUN_HISTORY_MAX_BYTES=0800", "PUPPET_STATE_LOCK_TIMEOUT_S=08"]
+)
+def test_numeric_knob_with_a_leading_zero_does_not_lose_the_line(host: Host, knob: str) -> None:
+    """The knobs pass a digits-only check, then $((...)) reads 08 as bad octal and the
+    record's subshell dies: no history line, the lock left behind."""
+    host.history.write_text('{"old":1}\n' * 100)  # 1000 bytes: past a cap of 800
+    name, value = knob.split("=")
+    host.env[name] = value
+    proc = host.bash('write_puppet_state "" newline 0 1 /o /v')
+    assert proc.returncode == 0
+    assert '"role":"newline"' in host.history.read_text().splitlines()[-1], proc.stderr
+    assert not Path(f"{host.history}.lock").exists()
+
+
+def test_state_directory_created_under_umask_077_is_readable(host: Host) -> None:
+    """The collector may log in as a non-root user; a 0644 state file in a 0700
+    directory it created is unreadable to it."""
+    state = host.root / "new" / "puppet" / "last_run_metadata.json"
+    proc = subprocess.run(
+        [BASH, "-c", f'umask 077; exec {BASH} "{LINUX_SCRIPT}"'],
+        env={**host.env, "PUPPET_STATE_FILE": str(state), "FAKE_PUPPET_RC": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert state.stat().st_mode & 0o777 == 0o644
+    for d in (state.parent, state.parent.parent):
+        assert d.stat().st_mode & 0o005 == 0o005, oct(d.stat().st_mode)
+
+
+def test_rotation_onto_a_directory_does_not_hide_history_inside_it(host: Host) -> None:
+    rotated = Path(f"{host.history}.1")
+    rotated.mkdir()
+    for i in range(4):
+        host.bash(f'write_puppet_state "" r{i} 0 1 /o /v', PUPPET_RUN_HISTORY_MAX_BYTES="700")
+    assert list(rotated.iterdir()) == []
+
+
+def test_history_path_that_is_a_fifo_does_not_hang_the_wrapper(host: Host) -> None:
+    fifo = host.history
+    os.mkfifo(fifo)
+    try:
+        start = time.monotonic()
+        try:
+            proc = host.run(FAKE_PUPPET_RC="2", timeout=20)
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc == 2 and time.monotonic() - start < 15
+    finally:  # release a dd still blocked opening the FIFO
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        time.sleep(0.5)
+        os.close(fd)
+
+
 def test_integers_the_collector_rejects_are_not_written(host: Host) -> None:
     """exit_code 0..255, attempt >= 1, duration_s 0..2^31-1, started_at ISO: out of
     range, the collector rejects the whole line; the contract says null when unknown."""
@@ -111,6 +239,38 @@ def test_integers_the_collector_rejects_are_not_written(host: Host) -> None:
     assert rec["attempt"] is None or rec["attempt"] >= 1
     assert rec["duration_s"] is None or rec["duration_s"] < 2**31
     assert rec["started_at"] is None or ISO_RE.match(rec["started_at"]), rec["started_at"]
+
+
+def test_disk_full_mid_append_leaves_every_history_line_valid(host: Host) -> None:
+    """Room for part of the line only: the torn part stays as an invalid line for good
+    (README documents it; the brief requires valid JSON on every line)."""
+    _need_mount_namespace()
+    log = host.root / "small"
+    log.mkdir()
+    hist = log / "h.jsonl"
+    first = json.dumps({"schema_version": 1, "pad": "x" * 3900}, separators=(",", ":"))
+    script = (
+        f'mount -t tmpfs -o size=12k tmpfs "{log}" || exit 99\n'
+        f"printf '%s\\n' '{first}' > \"{hist}\"\n"
+        f'dd if=/dev/zero of="{log}/fill" bs=1k count=100 2>/dev/null\n'
+        f'{BASH} "{LINUX_SCRIPT}" >/dev/null 2>&1; echo "rc1=$?"\n'
+        f'rm -f "{log}/fill"\n'
+        f'{BASH} "{LINUX_SCRIPT}" >/dev/null 2>&1; echo "rc2=$?"\n'
+        f'cat "{hist}" > "{host.root}/copy.jsonl"\n'
+    )
+    env = {**host.env, "PUPPET_RUN_HISTORY": str(hist), "PUPPET_RUN_LOG": "/dev/null"}
+    proc = subprocess.run(
+        ["unshare", "-m", BASH, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "rc1=0" in proc.stdout and "rc2=0" in proc.stdout, proc.stdout + proc.stderr
+    lines = (host.root / "copy.jsonl").read_text().splitlines()
+    bad = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            bad.append(line[:60])
+    assert bad == []
 
 
 # --- clocks and the collector's ranges ---------------------------------------------
@@ -241,3 +401,105 @@ def test_working_dir_reached_through_a_symlink_keeps_its_git_facts(host: Host) -
     assert host.bash('write_puppet_state "$1" r 0 1 /o /v', "link").returncode == 0
     rec = host.state_record()
     assert (rec["git_repo"], rec["git_sha"]) == (str(host.upstream), host.upstream_sha)
+
+
+# --- the caller's shell, settings, locks and files ---------------------------------
+
+
+def test_caller_ifs_with_digits_does_not_break_the_other_functions(host: Host) -> None:
+    git("clone", "-q", str(host.upstream), str(host.working_dir))
+    snippet = (
+        "IFS=0123456789\n"
+        'puppet_state_override_value "$1" PUPPET_BRANCH\n'
+        'printf "%s" "$PUPPET_STATE_VALUE"\n'
+        'write_puppet_state "$2" r 0 120 "$1" /v\n'
+    )
+    proc = host.bash(snippet, str(host.override), str(host.working_dir))
+    assert proc.returncode == 0 and proc.stdout == b"main"
+    rec = host.state_record()
+    assert (rec["duration_s"], rec["git_sha"]) == (120, host.upstream_sha)
+    assert ISO_RE.match(rec["started_at"])
+
+
+def test_lock_owner_epoch_with_leading_zeros(host: Host) -> None:
+    """A live holder's owner epoch of 08 (garbled): read as decimal 8, far past the
+    stale limit, so the lock is broken; $((now - 08)) ended the record before."""
+    lock = Path(f"{host.history}.lock")
+    lock.mkdir()
+    (lock / "owner").write_text(f"{os.getpid()} 0000000008\n")
+    proc = host.bash('write_puppet_state "" r 0 1 /o /v')
+    assert b"breaking stale history lock" in proc.stderr
+    assert len(host.history_records()) == 1 and not lock.exists()
+
+
+def test_fresh_lock_with_an_empty_owner_file_is_not_broken(host: Host) -> None:
+    """An empty owner file may be a live writer between its mkdir and its write: a
+    young lock with an unknown owner is waited for, not broken."""
+    lock = Path(f"{host.history}.lock")
+    lock.mkdir()
+    (lock / "owner").write_text("")
+    proc = host.bash('write_puppet_state "" r 0 1 /o /v', PUPPET_STATE_LOCK_TIMEOUT_S="1")
+    assert b"appending without it" in proc.stderr
+    assert b"breaking" not in proc.stderr
+    assert lock.exists() and len(host.history_records()) == 1
+
+
+def test_lock_age_of_a_lock_released_meanwhile_is_not_old(host: Host) -> None:
+    """test's -nt/-ot are true when the other file does not exist: a lock released
+    between a waiter's look and its age check must not count as old (the waiter
+    would move a new holder's lock aside)."""
+    snippet = (
+        "_ps_now\n"
+        '_ps_older_than "$1/gone" 60; echo "gone=$?"\n'
+        'mkdir "$1/fresh"; _ps_older_than "$1/fresh" 60; echo "fresh=$?"\n'
+        'touch -t 200001010000 "$1/old"; _ps_older_than "$1/old" 60; echo "old=$?"\n'
+    )
+    proc = host.bash(snippet, str(host.root))
+    assert proc.stdout == b"gone=1\nfresh=1\nold=0\n", proc.stderr
+
+
+def test_old_lock_without_an_owner_file_is_broken(host: Host) -> None:
+    lock = Path(f"{host.history}.lock")
+    lock.mkdir()
+    old = time.time() - 7200
+    os.utime(lock, (old, old))
+    proc = host.bash('write_puppet_state "" r 0 1 /o /v')
+    assert b"not acquired" not in proc.stderr
+    assert len(host.history_records()) == 1 and not lock.exists()
+
+
+@pytest.mark.parametrize("which", ["vault", "override"])
+def test_fifo_input_does_not_hang_the_wrapper(host: Host, which: str) -> None:
+    """The vault and override are hashed: opening a FIFO that no one writes blocks
+    forever. Each is skipped: a vault that is not a file is a prepare failure, an
+    override that is not a file means the defaults."""
+    path = {"vault": host.vault, "override": host.override}[which]
+    path.unlink()
+    os.mkfifo(path)
+    defaults = {"PUPPET_DEFAULT_REPO": f"file://{host.upstream}", "PUPPET_DEFAULT_BRANCH": "main"}
+    try:
+        proc = host.run(FAKE_PUPPET_RC="2", timeout=30, **defaults)
+    finally:  # release an open still blocked on the FIFO
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    rec = host.state_record()
+    if which == "override":
+        assert proc.returncode == 2 and rec["override_sha"] is None
+    else:
+        assert proc.returncode == 1 and rec["stage"] == "prepare"
+    assert f"{path} is not a regular file; its sha256 is null" in proc.stderr
+
+
+def test_rotation_target_that_is_not_a_file_stops_rotation_with_a_warning(host: Host) -> None:
+    rotated = Path(f"{host.history}.1")
+    rotated.mkdir()
+    (rotated / "keep").write_text("")
+    for i in range(3):
+        proc = host.bash(
+            f'write_puppet_state "" r{i} 0 1 /o /v', PUPPET_RUN_HISTORY_MAX_BYTES="700"
+        )
+    assert b"is not a regular file" in proc.stderr
+    assert [r["role"] for r in host.history_records()] == ["r0", "r1", "r2"]
+    assert sorted(p.name for p in rotated.iterdir()) == ["keep"]

@@ -257,7 +257,7 @@ def test_an_override_line_too_long_for_a_branch_is_skipped(host: Host) -> None:
     host.override.write_text(f'PUPPET_BRANCH="{"a" * 100_000}"\nPUPPET_BRANCH="main"\n')
     proc = branch_value(host)
     assert proc.returncode == 0 and proc.stdout == b"main"
-    assert b"line 1: PUPPET_BRANCH line longer than 4096 characters; line ignored" in proc.stderr
+    assert b"line 1: PUPPET_BRANCH line longer than 4096 bytes; line ignored" in proc.stderr
 
 
 @pytest.mark.parametrize(

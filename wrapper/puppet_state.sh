@@ -62,7 +62,7 @@ _ps_iso_utc() {
     m=$((mp < 10 ? mp + 3 : mp - 9))
     y=$((m <= 2 ? y + 1 : y))
     printf -v _PS_ISO '%04d-%02d-%02dT%02d:%02d:%02dZ' \
-        "$y" "$m" "$d" $((s / 3600)) $((s % 3600 / 60)) $((s % 60))
+        "$y" "$m" "$d" "$((s / 3600))" "$((s % 3600 / 60))" "$((s % 60))"
 }
 
 # Current epoch in _PS_NOW: date(1), else bash's own clock. Empty when neither
@@ -86,6 +86,22 @@ _ps_bash_clock() {
     return 0
 }
 
+# A numeric setting $1 as a decimal integer in _PS_INT, else the default $2.
+# Leading zeros are dropped: $((08)) is a bad octal number to bash, an error that
+# would end the record before its history line.
+_ps_setting_int() {
+    local v=$1
+    case $v in '' | *[!0-9]*) _PS_INT=$2 && return 0 ;; esac
+    v=${v#"${v%%[!0]*}"}
+    if [ -z "$v" ]; then
+        _PS_INT=0
+    elif [ "${#v}" -gt 15 ]; then
+        _PS_INT=$2
+    else
+        _PS_INT=$v
+    fi
+}
+
 _ps_new_run_id() {
     local id="" src=${PUPPET_STATE_UUID_SOURCE:-/proc/sys/kernel/random/uuid}
     if [ -r "$src" ]; then
@@ -101,15 +117,15 @@ _ps_new_run_id() {
         case $id in
         *[!0-9a-f]* | '') ;;
         *)
-            if [ ${#id} -eq 32 ]; then
+            if [ "${#id}" -eq 32 ]; then
                 PUPPET_STATE_RUN_ID=${id:0:8}-${id:8:4}-4${id:13:3}-a${id:17:3}-${id:20:12}
                 return 0
             fi
             ;;
         esac
         printf -v id '%04x%04x-%04x-4%03x-%x%03x-%04x%04x%04x' \
-            "$RANDOM" "$RANDOM" "$RANDOM" $((RANDOM % 4096)) $((8 + RANDOM % 4)) \
-            $((RANDOM % 4096)) "$RANDOM" $(($$ % 65536)) "$RANDOM"
+            "$RANDOM" "$RANDOM" "$RANDOM" "$((RANDOM % 4096))" "$((8 + RANDOM % 4))" \
+            "$((RANDOM % 4096))" "$RANDOM" "$(($$ % 65536))" "$RANDOM"
         ;;
     esac
     PUPPET_STATE_RUN_ID=$id
@@ -121,7 +137,12 @@ _ps_sha256() {
     local f=$1 out=""
     _PS_SHA=""
     [ -n "$f" ] && [ -e "$f" ] || return 0
-    if [ ! -r "$f" ] || [ -d "$f" ]; then
+    # Opening a FIFO would block until a writer came, a device might never end.
+    if [ ! -f "$f" ]; then
+        _ps_log "$f is not a regular file; its sha256 is null"
+        return 0
+    fi
+    if [ ! -r "$f" ]; then
         _ps_log "cannot read $f; its sha256 is null"
         return 0
     fi
@@ -140,7 +161,7 @@ _ps_sha256() {
     fi
     case $out in
     *[!0-9a-f]* | '') _ps_log "could not hash $f; its sha256 is null" ;;
-    *) [ ${#out} -eq 64 ] && _PS_SHA=$out ;;
+    *) [ "${#out}" -eq 64 ] && _PS_SHA=$out ;;
     esac
     return 0
 }
@@ -148,6 +169,7 @@ _ps_sha256() {
 # Value of KEY in a shell KEY="value" file, without executing it, in
 # PUPPET_STATE_VALUE (the last assignment wins, as when the file is sourced).
 puppet_state_override_value() {
+    local IFS=$' \t\n'
     _ps_override_value "${1:-}" "${2:-}" || true
     return 0
 }
@@ -156,9 +178,10 @@ puppet_state_override_value() {
 # _ps_shell_word); a KEY= line whose value sh would compute by running
 # something ($x, $(...), `...`, ~) or that is not a plain assignment is
 # skipped with a warning: the file is never evaluated. A trailing CR (a file
-# saved with CRLF line ends) is dropped.
+# saved with CRLF line ends) is dropped. Read byte by byte under LC_ALL=C, as sh
+# splits words: in a UTF-8 locale bash's [[:blank:]] also matches U+3000.
 _ps_override_value() {
-    local file=$1 key=$2 line n=0
+    local file=$1 key=$2 line n=0 LC_ALL=C
     PUPPET_STATE_VALUE=""
     [ -f "$file" ] && [ -r "$file" ] || return 0
     while IFS= read -r line || [ -n "$line" ]; do
@@ -175,7 +198,7 @@ _ps_override_value() {
         # the word is read a character at a time, which costs bash time quadratic in
         # the line's length: a repository URL or branch name is far shorter than this
         if [ "${#line}" -gt 4096 ]; then
-            _ps_log "$file line $n: $key line longer than 4096 characters; line ignored"
+            _ps_log "$file line $n: $key line longer than 4096 bytes; line ignored"
             continue
         fi
         if _ps_shell_word "${line#"$key="}"; then
@@ -450,13 +473,22 @@ _ps_git_info() {
 
 # Lock dir $1 held on return 0; 1 when it cannot be had within the timeout.
 # mkdir is atomic on every local filesystem and needs no flock(1) (absent on macOS).
-# The owner file names the process holding the lock, _PS_PID (see _ps_my_pid):
-# a waiter breaks the lock when that process is gone.
+# The owner file names the process holding the lock, _PS_PID (see _ps_my_pid),
+# and when it took it: a waiter breaks the lock when that process is gone or the
+# lock is older than the stale limit. A lock whose owner is unknown (the owner
+# file missing, empty or garbled: its writer died between mkdir and writing it,
+# or the disk was full) is broken when the lock directory itself is old.
 _ps_lock() {
-    local dir=$1 tries=0 max absent=0 opid oepoch owner now parent
-    local timeout=${PUPPET_STATE_LOCK_TIMEOUT_S:-5} stale=${PUPPET_STATE_LOCK_STALE_S:-60}
-    case $timeout in '' | *[!0-9]*) timeout=5 ;; esac
-    case $stale in '' | *[!0-9]*) stale=60 ;; esac
+    local dir=$1 tries=0 max absent=0 opid oepoch owner now parent timeout stale unknown_after
+    _ps_setting_int "${PUPPET_STATE_LOCK_TIMEOUT_S:-}" 5
+    timeout=$_PS_INT
+    _ps_setting_int "${PUPPET_STATE_LOCK_STALE_S:-}" 60
+    stale=$_PS_INT
+    # An unknown owner may also be a live writer between its mkdir and its owner
+    # file: only a lock far older than any record takes is broken on age alone.
+    unknown_after=$((timeout * 4))
+    [ "$unknown_after" -ge "$stale" ] || unknown_after=$stale
+    [ "$unknown_after" -ge 60 ] || unknown_after=60
     max=$((timeout * 20 + 1))
     case $dir in */*) parent=${dir%/*} ;; *) parent=. ;; esac
     [ -n "$parent" ] || parent=/
@@ -484,31 +516,69 @@ _ps_lock() {
             absent=$((absent + 1))
         fi
         case $opid in '' | *[!0-9]*) opid="" ;; esac
-        case $oepoch in '' | *[!0-9]*) oepoch="" ;; esac
+        _ps_setting_int "$oepoch" ""
+        oepoch=$_PS_INT
         now=${_PS_NOW:-0}
         if { [ -n "$opid" ] && ! kill -0 "$opid" 2>/dev/null && ! ps -p "$opid" >/dev/null 2>&1; } ||
-            { [ -n "$oepoch" ] && [ "$oepoch" -gt 0 ] && [ $((now - oepoch)) -gt "$stale" ]; } ||
+            { [ -n "$oepoch" ] && [ "$oepoch" -gt 0 ] && [ "$((now - oepoch))" -gt "$stale" ]; } ||
             [ "$absent" -gt 20 ]; then
-            # The holder judged gone may have released the lock since, and another
-            # writer taken it: the lock is moved aside, and given back unless its
-            # owner file still names the holder judged gone.
-            local trash="$dir.stale.${_PS_PID:-$$}.$RANDOM" taken=""
-            if mv "$dir" "$trash" 2>/dev/null; then
-                [ -r "$trash/owner" ] && IFS= read -r taken <"$trash/owner" 2>/dev/null
-                if [ "$taken" = "$owner" ]; then
-                    _ps_log "breaking stale history lock $dir (holder ${opid:-unknown})"
-                    rm -rf "$trash"
-                elif [ ! -e "$dir" ] && mv "$trash" "$dir" 2>/dev/null; then
-                    :
-                else
-                    rm -rf "$trash"
-                fi
-            fi
+            _ps_break_lock "$dir" "$owner" "" "${opid:-unknown}"
+            absent=0
+            continue
+        fi
+        # Unknown owner: the lock's age, looked at once a second (it costs a touch).
+        if [ -z "$opid" ] && [ "$((tries % 20))" -eq 1 ] && _ps_older_than "$dir" "$unknown_after"; then
+            _ps_break_lock "$dir" "$owner" "$unknown_after" "unknown, lock older than ${unknown_after} s"
             absent=0
             continue
         fi
         sleep 0.05 2>/dev/null || sleep 1
     done
+}
+
+# Break lock $1, judged stale with owner line $2 (holder $4). The holder judged
+# gone may have released the lock since, and another writer taken it: the lock
+# is moved aside, and given back unless it is still the one judged: the same
+# owner line and, when it was judged on its age alone, still older than $3 s
+# (a lock taken afresh whose owner file is not written yet is empty too).
+_ps_break_lock() {
+    local dir=$1 owner=$2 age=$3 holder=$4 trash taken="" same=1
+    trash="$dir.stale.${_PS_PID:-$$}.$RANDOM"
+    mv "$dir" "$trash" 2>/dev/null || return 0
+    [ -r "$trash/owner" ] && IFS= read -r taken <"$trash/owner" 2>/dev/null
+    [ "$taken" = "$owner" ] || same=0
+    if [ -n "$age" ] && ! _ps_older_than "$trash" "$age"; then same=0; fi
+    if [ "$same" -eq 1 ]; then
+        _ps_log "breaking stale history lock $dir (holder $holder)"
+        rm -rf "$trash"
+    elif [ ! -e "$dir" ] && mv "$trash" "$dir" 2>/dev/null; then
+        :
+    else
+        rm -rf "$trash"
+    fi
+    return 0
+}
+
+# Status 0 when $1 was last modified more than $2 seconds before _PS_NOW. No
+# portable stat(1) gives an mtime (GNU -c vs BSD -f): a reference file dated
+# then (touch -t, POSIX) is compared with it by the shell's own -ot. -ot is
+# also true when $1 does not exist (a lock released meanwhile): it must exist
+# before and after.
+_ps_older_than() {
+    local f=$1 stamp ref rc
+    [ -n "$_PS_NOW" ] || return 1
+    _ps_iso_utc "$((_PS_NOW - $2))" || return 1
+    stamp=${_PS_ISO//[-T:Z]/}
+    stamp=${stamp:0:12}.${stamp:12:2}
+    ref="$f.age.${_PS_PID:-$$}.$RANDOM"
+    if ! TZ=UTC0 touch -t "$stamp" "$ref" 2>/dev/null; then
+        rm -f "$ref" 2>/dev/null
+        return 1
+    fi
+    [ -e "$f" ] && [ "$f" -ot "$ref" ] && [ -e "$f" ]
+    rc=$?
+    rm -f "$ref" 2>/dev/null
+    return "$rc"
 }
 
 _ps_unlock() {
@@ -523,7 +593,8 @@ _ps_write_state() {
     case $file in */*) dir=${file%/*} ;; *) dir=. ;; esac
     [ -n "$dir" ] || dir=/
     base=${file##*/}
-    if [ ! -d "$dir" ] && ! mkdir -p "$dir" 2>/dev/null; then
+    # 0755 whatever the umask: the collector may read the file as another user.
+    if [ ! -d "$dir" ] && ! (umask 022 && mkdir -p -- "$dir") 2>/dev/null; then
         _ps_log "cannot create state directory $dir; state file not written"
         return 0
     fi
@@ -568,8 +639,9 @@ _ps_my_pid() {
 # line goes to a temp file beside $1, then dd, whose block size exceeds the
 # line, copies it in one read and one write (POSIX dd writes each input block
 # as one output block). Without a temp file or dd: printf. Status 1 on failure.
+# $3 is the size of $1 before, known only to the lock holder (else empty).
 _ps_append_line() {
-    local file=$1 line=$2 dir base tmp="" n=0 rc=0
+    local file=$1 line=$2 before=$3 dir base tmp="" n=0 rc=0
     case $file in */*) dir=${file%/*} ;; *) dir=. ;; esac
     [ -n "$dir" ] || dir=/
     base=${file##*/}
@@ -590,14 +662,23 @@ _ps_append_line() {
     # ${#line} counts bytes under LC_ALL=C; 4 bytes a character cover any locale.
     if printf '%s' "$line" >"$tmp" 2>/dev/null; then
         local out
-        if ! out=$(dd bs=$((${#line} * 4 + 512)) if="$tmp" 2>&1 >>"$file"); then
+        if ! out=$(dd bs="$((${#line} * 4 + 512))" if="$tmp" 2>&1 >>"$file"); then
             rc=1
             case $out in
             *"0+0 records out"*)
-                # Nothing written: the temp copy took the room the line needed, and
-                # without it the line may still fit.
+                # No whole block written: the temp copy took the room the line
+                # needed, and without it the line may still fit. Part of the line
+                # may be written ("N bytes" after the counts): the lock holder cuts
+                # it off first, any writer may retry after none.
                 rm -f "$tmp" 2>/dev/null
-                printf '%s' "$line" >>"$file" 2>/dev/null && rc=0
+                if [ -n "$before" ]; then
+                    _ps_cut_back "$file" "$before"
+                    printf '%s' "$line" >>"$file" 2>/dev/null && rc=0
+                else
+                    case $out in
+                    *$'\n'"0 bytes"*) printf '%s' "$line" >>"$file" 2>/dev/null && rc=0 ;;
+                    esac
+                fi
                 ;;
             esac
         fi
@@ -614,17 +695,21 @@ _ps_append_line() {
 # ever let two rotate at once, the second must not replace the .1 the first
 # just made with the new, short history. So the file is first renamed to a
 # name of this process's own, measured there, and put back when another
-# writer already rotated it: no line is lost.
+# writer already rotated it: no line is lost. A .1 that is not a regular file
+# is left alone (mv would move the history into a directory): no rotation.
 _ps_rotate() {
-    local hist=$1 limit=$2 tmp size
+    local hist=$1 limit=$2 tmp
+    if [ -e "$hist.1" ] && [ ! -f "$hist.1" ]; then
+        _ps_log "cannot rotate $hist: $hist.1 is not a regular file"
+        return 0
+    fi
     tmp=$hist.rotate.${_PS_PID:-$$}
     if ! mv -f "$hist" "$tmp" 2>/dev/null; then
         [ ! -e "$hist" ] || _ps_log "cannot rotate $hist"
         return 0
     fi
-    size=$(wc -c <"$tmp" 2>/dev/null)
-    size=${size//[!0-9]/}
-    if [ -n "$size" ] && [ "$size" -gt "$limit" ]; then
+    _ps_file_size "$tmp"
+    if [ -n "$_PS_SIZE" ] && [ "$_PS_SIZE" -gt "$limit" ]; then
         mv -f "$tmp" "$hist.1" 2>/dev/null && return 0
         _ps_log "cannot rotate $hist"
     fi
@@ -634,6 +719,31 @@ _ps_rotate() {
     else
         _ps_log "cannot move $tmp back to $hist; its lines are kept there"
     fi
+    return 0
+}
+
+# Size of file $1 in bytes in _PS_SIZE: 0 when it does not exist, empty when
+# it cannot be read.
+_ps_file_size() {
+    _PS_SIZE=0
+    [ -e "$1" ] || return 0
+    _PS_SIZE=$(wc -c <"$1" 2>/dev/null)
+    _ps_setting_int "${_PS_SIZE//[!0-9]/}" ""
+    _PS_SIZE=$_PS_INT
+}
+
+# Cut file $1 back to $2 bytes, its size before an append that failed: a line
+# the disk had room for in part only would stay in the history as invalid
+# JSON. dd truncates its output at seek= (POSIX, GNU and BSD alike; there is no
+# portable truncate(1)). Only under the lock: without it, another writer's line
+# may follow ours.
+_ps_cut_back() {
+    local f=$1 size=$2
+    [ -n "$size" ] && [ -f "$f" ] || return 0
+    _ps_file_size "$f"
+    [ -n "$_PS_SIZE" ] && [ "$_PS_SIZE" -gt "$size" ] || return 0
+    dd if=/dev/null of="$f" bs=1 seek="$size" 2>/dev/null ||
+        _ps_log "cannot cut the part of a line that was written off $f"
     return 0
 }
 
@@ -657,38 +767,44 @@ _ps_torn_end() {
 }
 
 # Append the record to the history under the lock, rotating past the cap.
+# Only a regular file (or none yet) is appended to: opening a FIFO blocks until
+# a reader comes. An append that failed part way (disk full) is cut off again.
 _ps_append_history() {
-    local hist=$1 rec=$2 dir lock cap size new="" locked=1
+    local hist=$1 rec=$2 dir lock cap size="" new="" locked=1 created=0
     case $hist in */*) dir=${hist%/*} ;; *) dir=. ;; esac
     [ -n "$dir" ] || dir=/
     if [ ! -d "$dir" ]; then
         _ps_log "history directory $dir does not exist; history not written"
         return 0
     fi
+    if [ -e "$hist" ] && [ ! -f "$hist" ]; then
+        _ps_log "history $hist is not a regular file; history not written"
+        return 0
+    fi
     lock=${PUPPET_RUN_HISTORY_LOCK:-$hist.lock}
-    cap=${PUPPET_RUN_HISTORY_MAX_BYTES:-8388608}
-    case $cap in '' | *[!0-9]*) cap=8388608 ;; esac
+    _ps_setting_int "${PUPPET_RUN_HISTORY_MAX_BYTES:-}" 8388608
+    cap=$_PS_INT
     _ps_my_pid
     if ! _ps_lock "$lock"; then
         locked=0
         _ps_log "history lock $lock not acquired; appending without it"
     fi
-    if [ -s "$hist" ]; then
-        # The size is measured with the lock held: no other writer rotates meanwhile.
-        if [ "$locked" -eq 1 ]; then
-            size=$(wc -c <"$hist" 2>/dev/null)
-            size=${size//[!0-9]/}
-            if [ -n "$size" ] && [ $((size + ${#rec} + 1)) -gt "$cap" ]; then
-                _ps_rotate "$hist" $((cap - ${#rec} - 1))
-            fi
+    if [ "$locked" -eq 1 ]; then
+        # Measured with the lock held: no other writer rotates or appends meanwhile.
+        _ps_file_size "$hist"
+        size=$_PS_SIZE
+        if [ -n "$size" ] && [ "$size" -gt 0 ] && [ "$((size + ${#rec} + 1))" -gt "$cap" ]; then
+            _ps_rotate "$hist" "$((cap - ${#rec} - 1))"
+            _ps_file_size "$hist"
+            size=$_PS_SIZE
         fi
-        # A line torn by an earlier full disk must not swallow this one.
-        if [ -s "$hist" ] && _ps_torn_end "$hist"; then new=$'\n'; fi
     fi
-    local created=0
+    # A line torn by an earlier crash must not swallow this one.
+    if [ -s "$hist" ] && _ps_torn_end "$hist"; then new=$'\n'; fi
     [ -e "$hist" ] || created=1
-    if ! _ps_append_line "$hist" "$new$rec"$'\n'; then
+    if ! _ps_append_line "$hist" "$new$rec"$'\n' "$size"; then
         _ps_log "cannot append to $hist (read-only or disk full?)"
+        [ "$locked" -eq 0 ] || _ps_cut_back "$hist" "$size"
     elif [ "$created" -eq 1 ]; then
         chmod 0644 "$hist" 2>/dev/null
     fi
@@ -698,14 +814,16 @@ _ps_append_history() {
 
 # Public functions that set the caller's variables cannot run in a subshell;
 # calling their bodies in an || list keeps a caller's set -e from firing inside.
+# IFS is the caller's too: digits in it would split $# and $((...)).
 puppet_state_begin() {
+    local IFS=$' \t\n'
     _ps_begin "$@" || true
     return 0
 }
 
 _ps_begin() {
     local attempt=1 override="" vault=""
-    while [ $# -gt 0 ]; do
+    while [ "$#" -gt 0 ]; do
         case $1 in
         --attempt) attempt=${2:-} && shift ;;
         --override) override=${2:-} && shift ;;
@@ -767,7 +885,7 @@ _ps_record() {
     local state=${PUPPET_STATE_FILE:-/etc/puppet/last_run_metadata.json}
     local hist=${PUPPET_RUN_HISTORY:-/var/log/puppet_run_history.jsonl}
     local os ts started success host rec j_override_sha j_vault_sha
-    while [ $# -gt 0 ]; do
+    while [ "$#" -gt 0 ]; do
         case $1 in
         --exit-code) exit_code=${2:-} ;;
         --stage) stage=${2:-} ;;
@@ -881,6 +999,7 @@ puppet_state_record() {
 
 # Seed-compatible entry point (hosts already call it this way).
 write_puppet_state() {
+    local IFS=$' \t\n'
     local -a extra
     extra=()
     if [ -n "${7:-}" ]; then extra=(--state-file "$7"); fi
