@@ -1,11 +1,13 @@
-"""Adverse hosts and callers: the record stays valid JSON the collector accepts.
+"""Adverse hosts and callers: the record stays valid JSON the collector accepts,
+and puppet's run and exit code are untouched.
 
 Odd clocks (no date, before 1970, past 9999), integers out of the collector's
 ranges, sha256 repositories, a working dir inside another repository, prepare
-records after a failed fetch, callers with digits in IFS or another locale,
-stale locks with an unknown owner, numeric settings with leading zeros, umask
-077, a full disk mid-append, and FIFOs and directories where files are
-expected. Tests that mount a tmpfs need root (unshare -m) and skip without it.
+records after a failed fetch, callers with errexit, digits in IFS or another
+locale, a stdout reader that goes away, stale locks with an unknown owner,
+numeric settings with leading zeros, umask 077, a full disk mid-append, FIFOs
+and directories where files are expected, and the timeout watchdog's clean-up.
+Tests that mount a tmpfs need root (unshare -m) and skip without it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -155,6 +159,15 @@ def test_override_value_does_not_depend_on_the_callers_locale(host: Host) -> Non
     assert got == {"C": sh.stdout, "C.UTF-8": sh.stdout}
 
 
+def test_driver_started_with_errexit_still_records(host: Host) -> None:
+    """errexit inherited through an exported SHELLOPTS: puppet's 4 ends the driver at
+    the pipeline, before puppet_state_record (and before any retry). With the default
+    PUPPET_TIMEOUT_S the watchdog subshell is also left running for an hour."""
+    proc = host.run(FAKE_PUPPET_RC="4", SHELLOPTS="errexit")
+    assert proc.returncode == 4
+    assert [r["exit_code"] for r in host.history_records()] == [4]
+
+
 def test_old_lock_with_an_empty_owner_file_is_broken(host: Host) -> None:
     """A writer that died after creating an empty owner (disk full, or killed between
     open and write) leaves a lock that is never broken: every later record waits the
@@ -227,6 +240,29 @@ def test_history_path_that_is_a_fifo_does_not_hang_the_wrapper(host: Host) -> No
         fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         time.sleep(0.5)
         os.close(fd)
+
+
+def test_puppet_is_not_killed_when_the_wrappers_stdout_reader_goes_away(host: Host) -> None:
+    """`run-puppet.sh | head -1`, or a log shipper that restarts: tee dies of SIGPIPE,
+    then puppet does, mid-apply (recorded as 141)."""
+    write_exe(
+        host.bin / "puppet",
+        '#!/bin/bash\nfor i in $(seq 1 100); do echo "Notice: $i"; sleep 0.01; done\n'
+        'echo done >> "$FAKE_PUPPET_MARKER"\nexit 2\n',
+    )
+    p = subprocess.Popen(
+        [BASH, str(LINUX_SCRIPT)],
+        env=host.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=host.root,
+    )
+    assert p.stdout is not None
+    p.stdout.readline()
+    p.stdout.close()
+    rc = p.wait(timeout=60)
+    assert host.marker.exists(), "puppet was killed before it finished"
+    assert rc == 2 and host.history_records()[-1]["exit_code"] == 2
 
 
 def test_integers_the_collector_rejects_are_not_written(host: Host) -> None:
@@ -468,12 +504,12 @@ def test_old_lock_without_an_owner_file_is_broken(host: Host) -> None:
     assert len(host.history_records()) == 1 and not lock.exists()
 
 
-@pytest.mark.parametrize("which", ["vault", "override"])
+@pytest.mark.parametrize("which", ["vault", "override", "role"])
 def test_fifo_input_does_not_hang_the_wrapper(host: Host, which: str) -> None:
-    """The vault and override are hashed: opening a FIFO that no one writes blocks
-    forever. Each is skipped: a vault that is not a file is a prepare failure, an
-    override that is not a file means the defaults."""
-    path = {"vault": host.vault, "override": host.override}[which]
+    """The vault and override are hashed, the role read: opening a FIFO that no one
+    writes blocks forever. Each is skipped: a vault or role that is not a file is a
+    prepare failure, an override that is not a file means the defaults."""
+    path = {"vault": host.vault, "override": host.override, "role": host.role_file}[which]
     path.unlink()
     os.mkfifo(path)
     defaults = {"PUPPET_DEFAULT_REPO": f"file://{host.upstream}", "PUPPET_DEFAULT_BRANCH": "main"}
@@ -489,7 +525,8 @@ def test_fifo_input_does_not_hang_the_wrapper(host: Host, which: str) -> None:
         assert proc.returncode == 2 and rec["override_sha"] is None
     else:
         assert proc.returncode == 1 and rec["stage"] == "prepare"
-    assert f"{path} is not a regular file; its sha256 is null" in proc.stderr
+    if which != "role":
+        assert f"{path} is not a regular file; its sha256 is null" in proc.stderr
 
 
 def test_rotation_target_that_is_not_a_file_stops_rotation_with_a_warning(host: Host) -> None:
@@ -503,3 +540,133 @@ def test_rotation_target_that_is_not_a_file_stops_rotation_with_a_warning(host: 
     assert b"is not a regular file" in proc.stderr
     assert [r["role"] for r in host.history_records()] == ["r0", "r1", "r2"]
     assert sorted(p.name for p in rotated.iterdir()) == ["keep"]
+
+
+# --- the driver: errexit, the watchdog, puppet's output ----------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"FAKE_PUPPET_RC": "6", "PUPPET_SINGLE_RUN": "0", "PUPPET_MAX_ATTEMPTS": "2"},
+        {"FAKE_PUPPET_RC": "0", "PUPPET_ROLE_FILE": "/nonexistent/role"},
+    ],
+    ids=["retry", "prepare"],
+)
+def test_driver_with_errexit_records_every_attempt(host: Host, extra: dict[str, str]) -> None:
+    proc = host.run(SHELLOPTS="errexit", **extra)
+    history = host.history_records()
+    if "PUPPET_MAX_ATTEMPTS" in extra:
+        assert proc.returncode == 6 and [r["attempt"] for r in history] == [1, 2]
+    else:
+        assert proc.returncode == 1 and [r["stage"] for r in history] == ["prepare"]
+
+
+def _sleeps(seconds: str) -> list[int]:
+    """Pids of running `sleep SECONDS` processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"sleep", seconds.encode()]:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def watchdog_seconds(host: Host) -> Iterator[str]:
+    """A timeout no other test uses, so that its watchdog's `sleep` can be found."""
+    seconds = str(3600 + os.getpid() % 50000)
+    host.env["PUPPET_TIMEOUT_S"] = seconds
+    yield seconds
+    for pid in _sleeps(seconds):
+        os.kill(pid, signal.SIGTERM)
+
+
+def _await_no_sleeps(seconds: str) -> list[int]:
+    """The watchdog's sleep still running after its driver has gone (up to 5 s)."""
+    for _ in range(50):
+        left = _sleeps(seconds)
+        if not left:
+            return left
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_errexit_driver_leaves_no_watchdog_behind(host: Host, watchdog_seconds: str) -> None:
+    """Under errexit a failed `wait` ended with_timeout before it stopped its watchdog,
+    which then slept an hour and killed the process group puppet's pid named then."""
+    assert host.run(FAKE_PUPPET_RC="4", SHELLOPTS="errexit").returncode == 4
+    assert _await_no_sleeps(watchdog_seconds) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_watchdog_sleep_never_outlives_a_fast_puppet(host: Host, watchdog_seconds: str) -> None:
+    """Puppet ending at once: the watchdog is told to stop right after it started its
+    sleep, before it kept the sleep's pid (a race that left about 1 sleep in 15)."""
+    for _ in range(3):
+        procs = [
+            subprocess.Popen(
+                [BASH, str(LINUX_SCRIPT)],
+                env={**host.env, "PUPPET_WORKING_DIR": str(host.root / f"wd{i}")},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(8)
+        ]
+        assert [p.wait(timeout=120) for p in procs] == [0] * 8
+    assert _await_no_sleeps(watchdog_seconds) == []
+
+
+def test_timeout_of_zeros_is_no_limit(host: Host) -> None:
+    """PUPPET_TIMEOUT_S=00 is 0, no limit (it was `sleep 00`: puppet killed at once)."""
+    write_exe(host.bin / "puppet", "#!/bin/bash\nsleep 1\nexit 2\n")
+    assert host.run(PUPPET_TIMEOUT_S="00").returncode == 2
+
+
+TALKATIVE_PUPPET = (
+    '#!/bin/bash\nfor i in $(seq 1 100); do echo "Notice: $i"; sleep 0.01; done\n'
+    'echo done >> "$FAKE_PUPPET_MARKER"\nexit 2\n'
+)
+
+# A tee that gives up at its first failed write, stdout included (the strictest a
+# tee may be; GNU tee drops a broken stdout and goes on, BSD tee warns and goes on).
+STRICT_TEE = """#!/usr/bin/env python3
+import os, sys
+out = [1] + [os.open(f, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) for f in sys.argv[2:]]
+while chunk := os.read(0, 8192):
+    for fd in out:
+        os.write(fd, chunk)
+"""
+
+
+@pytest.mark.parametrize("strict_tee", [False, True], ids=["tee", "strict-tee"])
+@pytest.mark.parametrize("stderr_too", [False, True], ids=["stdout", "stdout+stderr"])
+def test_reader_going_away_leaves_puppet_and_its_log_alone(
+    host: Host, strict_tee: bool, stderr_too: bool
+) -> None:
+    """`run-puppet.sh | head -1` (or `2>&1 | head -1`): puppet runs to its end, its
+    exit code is recorded and returned, and the run log gets every line."""
+    write_exe(host.bin / "puppet", TALKATIVE_PUPPET)
+    if strict_tee:
+        write_exe(host.bin / "tee", STRICT_TEE)
+    p = subprocess.Popen(
+        [BASH, str(LINUX_SCRIPT)],
+        env=host.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if stderr_too else subprocess.DEVNULL,
+        cwd=host.root,
+    )
+    assert p.stdout is not None
+    p.stdout.readline()
+    p.stdout.close()
+    assert p.wait(timeout=60) == 2
+    assert host.marker.exists(), "puppet was killed before it finished"
+    assert host.history_records()[-1]["exit_code"] == 2
+    notices = [
+        x for x in Path(host.env["PUPPET_RUN_LOG"]).read_text().splitlines() if "Notice" in x
+    ]
+    assert len(notices) == 100

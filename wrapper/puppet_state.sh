@@ -28,8 +28,14 @@ _PS_BEGIN_VAULT=""
 _PS_BEGIN_VAULT_SHA=""
 _PS_BEGIN_DONE=""
 
+# A warning on stderr. Should stderr be a pipe whose reader went away
+# (`run-puppet.sh 2>&1 | head`), the write fails quietly: SIGPIPE would end the
+# caller, the driver and its puppet run with it.
 _ps_log() {
-    printf 'puppet_state: %s\n' "$*" >&2
+    (
+        trap '' PIPE
+        printf 'puppet_state: %s\n' "$*" >&2
+    )
 }
 
 # The latest second the collector accepts (9999-12-31T23:59:59Z); the earliest is 0.
@@ -989,6 +995,8 @@ puppet_state_record() {
         set +e +u -f
         IFS=$' \t\n'
         LC_ALL=C
+        # A log line to a stderr whose reader went away must not end the record.
+        trap '' PIPE
         # bash 5.2 under BASH_COMPAT<=42 would eat a backslash of each \\ replacement.
         shopt -u patsub_replacement 2>/dev/null
         _ps_record "$@"

@@ -9,7 +9,12 @@
 # runs `puppet apply --detailed-exitcodes`, retries with a delay. Exits with
 # puppet's own exit code (1 when puppet never started). Every path and knob
 # has an environment override: see wrapper/README.md.
-set -u -o pipefail
+
+# Shell options can come in through an exported SHELLOPTS: errexit would end the
+# driver at puppet's first failure, before the record and the retry (and leave
+# the watchdog behind). The driver runs with its own: nounset only.
+set +e +E +T +a +C +f +k +o pipefail
+set -u
 
 if [ -z "${PUPPET_OS_NAME:-}" ]; then
     case $(uname -s 2>/dev/null) in Darwin) PUPPET_OS_NAME=macos ;; *) PUPPET_OS_NAME=linux ;; esac
@@ -63,39 +68,84 @@ SINGLE_RUN=${PUPPET_SINGLE_RUN:-0}
 PATH=$PATH:/opt/puppetlabs/bin:/usr/local/bin
 export PUPPET_OVERRIDE_FILE=$OVERRIDE_FILE PUPPET_VAULT_FILE=$VAULT_FILE
 
+# A line on stderr. A stderr whose reader went away (`run-puppet.sh 2>&1 | head`)
+# makes the write fail quietly: SIGPIPE would end the driver, puppet's exit code
+# and the retries with it.
 log() {
-    printf 'run-puppet: %s\n' "$*" >&2
+    (
+        trap '' PIPE
+        printf 'run-puppet: %s\n' "$*" >&2
+    )
 }
 
 # Run "$@" for at most $1 seconds (0: no limit); a watchdog TERMs, then KILLs,
-# the command's whole process group. Portable: no timeout(1) on macOS.
-with_timeout() {
-    local limit=$1 pid watchdog rc
+# the command's whole process group. Portable: no timeout(1) on macOS. A
+# subshell, so that its EXIT trap is its own: however it ends, the watchdog
+# (whose pid would name another process group later) goes with it.
+with_timeout() (
+    limit=$1
     shift
-    case $limit in '' | *[!0-9]* | 0) "$@" && return 0 || return $? ;; esac
+    case $limit in '' | *[!0-9]*) limit=0 ;; esac
+    limit=${limit#"${limit%%[!0]*}"}
+    # 0 (or 00): no limit; more than 9 digits is more than 30 years.
+    if [ -z "$limit" ] || [ "${#limit}" -gt 9 ]; then exec "$@"; fi
     set -m
     "$@" </dev/null &
     pid=$!
     set +m
-    (
-        trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-        sleep "$limit" &
-        sleeper=$!
-        wait "$sleeper"
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-        sleep 5 &
-        sleeper=$!
-        wait "$sleeper"
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
-    ) </dev/null >/dev/null 2>&1 &
-    watchdog=$!
+    watchdog "$limit" "$pid" </dev/null >/dev/null 2>&1 &
+    dog=$!
+    trap 'stop_watchdog "$dog"' EXIT
     wait "$pid"
     rc=$?
-    kill -TERM "$watchdog" 2>/dev/null
-    wait "$watchdog" 2>/dev/null
+    # Stopped once only: after the wait its pid may be another process's.
+    trap - EXIT
+    stop_watchdog "$dog"
     if [ "$rc" -gt 128 ]; then log "$1 ended by signal $((rc - 128)) (timeout ${limit}s)"; fi
-    return "$rc"
+    exit "$rc"
+)
+
+# End the watchdog $1 of with_timeout, and wait for it.
+stop_watchdog() {
+    kill -TERM "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
 }
+
+# The watchdog of with_timeout, in the background: after $1 seconds TERM the
+# process group $2, after 5 more KILL it. Told to stop (TERM), it ends at once
+# and takes its sleep along.
+watchdog() {
+    WD_STOP="" WD_SLEEPER=""
+    trap 'WD_STOP=1; [ -z "$WD_SLEEPER" ] || kill "$WD_SLEEPER" 2>/dev/null' TERM
+    watchdog_sleep "$1" || return 0
+    kill -TERM -- "-$2" 2>/dev/null || kill -TERM "$2" 2>/dev/null
+    watchdog_sleep 5 || return 0
+    kill -KILL -- "-$2" 2>/dev/null || kill -KILL "$2" 2>/dev/null
+}
+
+# Sleep $1 seconds in the background, where the TERM trap can end it. Status 1
+# when the watchdog was told to stop: the flag catches a TERM that came before
+# $WD_SLEEPER was set, when the trap could not kill the sleep yet.
+watchdog_sleep() {
+    sleep "$1" &
+    WD_SLEEPER=$!
+    [ -n "$WD_STOP" ] || wait "$WD_SLEEPER"
+    if [ -n "$WD_STOP" ]; then
+        kill "$WD_SLEEPER" 2>/dev/null
+        return 1
+    fi
+    return 0
+}
+
+# Copy puppet's output (tee's copy) to the driver's stdout. When stdout fails
+# (its reader went away: `run-puppet.sh | head -1`), keep reading to the end,
+# so that tee, and puppet behind it, never write to a closed pipe: puppet runs
+# to its end and the run log gets all of it, whatever tee does on EPIPE.
+relay_to_stdout() (
+    trap '' PIPE
+    cat 2>/dev/null
+    cat >/dev/null 2>&1
+)
 
 # Fetch $1 (repo) at branch $2 into the working dir and check the commit out;
 # CHECKED_OUT=1 once the checkout is that commit. origin is set to $1 only
@@ -129,7 +179,8 @@ run_attempt() {
         puppet_state_override_value "$OVERRIDE_FILE" PUPPET_BRANCH
         branch=${PUPPET_STATE_VALUE:-$branch}
     fi
-    if [ -r "$ROLE_FILE" ]; then read -r role <"$ROLE_FILE"; fi
+    # A regular file only: reading a FIFO would block until a writer came.
+    if [ -f "$ROLE_FILE" ] && [ -r "$ROLE_FILE" ]; then read -r role <"$ROLE_FILE"; fi
     if [ -z "$role" ]; then
         log "no role in $ROLE_FILE"
     elif [ ! -f "$VAULT_FILE" ]; then
@@ -146,7 +197,7 @@ run_attempt() {
         (cd "$WORKING_DIR" && export FACTER_puppet_role="$role" && with_timeout "$TIMEOUT_S" \
             "$PUPPET_BIN" apply --modulepath=./modules:./r10k_modules \
             --hiera_config=./hiera.yaml --logdest=console --color=false \
-            --detailed-exitcodes ./manifests/) 2>&1 | tee -a "$RUN_LOG"
+            --detailed-exitcodes ./manifests/) 2>&1 | tee -a "$RUN_LOG" | relay_to_stdout
         rc=${PIPESTATUS[0]}
         puppet_state_record --exit-code "$rc" --stage puppet --role "$role" \
             --working-dir "$WORKING_DIR" --branch "$branch" --attempt "$attempt"
