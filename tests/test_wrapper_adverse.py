@@ -178,10 +178,9 @@ def test_old_lock_with_an_empty_owner_file_is_broken(host: Host) -> None:
     old = time.time() - 7200
     os.utime(lock / "owner", (old, old))
     os.utime(lock, (old, old))
-    start = time.monotonic()
     proc = host.bash('write_puppet_state "" r 0 1 /o /v')
-    assert b"not acquired" not in proc.stderr, proc.stderr
-    assert time.monotonic() - start < 3
+    assert b"not acquired" not in proc.stderr, proc.stderr  # it would wait the full 5 s
+    assert b"breaking stale history lock" in proc.stderr
     assert not lock.exists()
 
 
@@ -229,13 +228,9 @@ def test_history_path_that_is_a_fifo_does_not_hang_the_wrapper(host: Host) -> No
     fifo = host.history
     os.mkfifo(fifo)
     try:
-        start = time.monotonic()
-        try:
-            proc = host.run(FAKE_PUPPET_RC="2", timeout=20)
-            rc = proc.returncode
-        except subprocess.TimeoutExpired:
-            rc = None
-        assert rc == 2 and time.monotonic() - start < 15
+        proc = host.run(FAKE_PUPPET_RC="2", timeout=60)  # a hang raises TimeoutExpired
+        assert proc.returncode == 2
+        assert "is not a regular file; history not written" in proc.stderr
     finally:  # release a dd still blocked opening the FIFO
         fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         time.sleep(0.5)
