@@ -319,9 +319,8 @@ def rollout(
             if last:
                 break
             time.sleep(60.0 if interval is None else interval)
-    except (KeyboardInterrupt, RuntimeError) as exc:  # Ctrl-C (in a query: RuntimeError)
-        ctrl_c = isinstance(exc, KeyboardInterrupt) or "interrupted" in str(exc).lower()
-        if ctrl_c and shown is not None:  # it ends a watch: stdout still gets its document
+    except BaseException as exc:  # Ctrl-C (in a query, an error of DuckDB's) ends a watch
+        if _from_ctrl_c(exc) and shown is not None:  # stdout still gets its document
             views.emit_rollout_depth(shown, fmt.value, part.value if part else None)
         raise
     if min_pct is not None and not result.meets(min_pct):
@@ -616,12 +615,10 @@ def main() -> None:
         if exc.code == Exit.INTERRUPTED and _from_ctrl_c(exc):
             _interrupted()
         raise
-    except RuntimeError as exc:  # DuckDB's "Query interrupted" when Ctrl-C lands in a query
-        if "interrupted" not in str(exc).lower():
-            raise
-        _interrupted()
-    except KeyboardInterrupt:  # before typer runs
-        _interrupted()
+    except BaseException as exc:  # in a query, DuckDB turns it into an error of its own
+        if _from_ctrl_c(exc):
+            _interrupted()
+        raise
 
 
 def _interrupted() -> None:
@@ -660,13 +657,21 @@ def _interrupt_queries_on_ctrl_c() -> None:
     threading.Thread(target=watch, name="ctrl-c", daemon=True).start()
 
 
+# how DuckDB words Ctrl-C: "Query interrupted" (RuntimeError), "INTERRUPT Error:
+# Interrupted!", or "... failed: KeyboardInterrupt:" when it met the signal in a Python scan
+_CTRL_C_WORDS = ("KeyboardInterrupt", "Query interrupted", "Interrupted!")
+
+
 def _from_ctrl_c(exc: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is in the chain that led to `exc`."""
+    """Whether `exc` is Ctrl-C: a KeyboardInterrupt in the chain that led to it, or DuckDB's
+    error for one."""
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:
             return False
-        if isinstance(seen, KeyboardInterrupt):
+        if isinstance(seen, KeyboardInterrupt) or (
+            not isinstance(seen, SystemExit) and any(w in str(seen) for w in _CTRL_C_WORDS)
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -679,8 +684,8 @@ def _run() -> None:
         _progress(f"fleetstate: error: {exc}")
         sys.exit(Exit.ERROR)
     except Exception as exc:
-        if not type(exc).__module__.lstrip("_").startswith("duckdb"):
-            raise
+        if not type(exc).__module__.lstrip("_").startswith("duckdb") or _from_ctrl_c(exc):
+            raise  # main() names Ctrl-C
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         _progress(f"fleetstate: error: {first}")
         sys.exit(Exit.ERROR)

@@ -655,6 +655,8 @@ def _parse(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
     con.register("staged_files", files)
     try:
         con.execute("CREATE OR REPLACE TEMP TABLE fast AS " + records.fast_sql("staged", False))
+    except duckdb.InterruptException:
+        raise  # Ctrl-C, not a line that is not JSON
     except duckdb.Error:
         con.execute("CREATE OR REPLACE TEMP TABLE fast AS " + records.fast_sql("staged"))
     # `fast` keeps the lines it did not take: the input can go before the insert needs memory
