@@ -77,10 +77,12 @@ def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.Da
         SELECT ts, success, exit_code, stage, git_sha, git_branch, role, duration_s,
                override_sha, vault_sha, git_dirty, attempt, source, run_id
         FROM runs WHERE host = ?
-        -- queries/10_latest_runs.sql's newest_first, written out: a warehouse opened
-        -- read-only may predate that macro
-        ORDER BY ts DESC, CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
-            coalesce(byte_offset, 0) DESC, run_id
+        -- queries/10_latest_runs.sql's run_recency, newest first, written out: a warehouse
+        -- opened read-only may predate that macro
+        ORDER BY epoch_us(ts) DESC,
+            CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
+            least(greatest(coalesce(byte_offset, 0), 0), 1099511627775) DESC,
+            hash(run_id) >> 38 DESC
         LIMIT ?
         """,
         [host, limit],

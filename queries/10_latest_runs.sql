@@ -1,24 +1,27 @@
 -- Helper views: each host's latest run, latest successful run and latest observations.
 --
--- newest_first orders a host's runs, newest first: by the time the run finished; among
--- runs that finished in the same second, a history line before the same run seen in a
--- state file, then the line appended later (the wrapper appends a host's runs in the
--- order they finish), then the smaller run_id. Every "latest" (arg_min on it) and every
--- ordering of a host's runs (ORDER BY it, DESC for oldest first) uses it, so status,
--- history, rollout and drift agree on which run came last. One aggregation pass with
--- arg_min on the key, not a sort of every run (7.3 s -> 0.3 s on 8.6 M runs).
-CREATE OR REPLACE MACRO newest_first(ts, source, byte_offset, run_id) AS {
-    'ts': -epoch_us(ts),
-    'rank': CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
-    'offset': -coalesce(byte_offset, 0),
-    'run_id': run_id};
+-- run_recency orders a host's runs: the larger, the newer. By the time the run finished;
+-- among runs that finished in the same second, a history line over the same run seen in
+-- a state file (over puppet's summary), then the line appended later (the wrapper appends
+-- a host's runs in the order they finish), then a hash of run_id. Every "latest"
+-- (arg_max on it) and every ordering of a host's runs (ORDER BY it) uses it, so status,
+-- history, rollout and drift agree on which run came last. One number, not a struct:
+-- epoch microseconds (58 bits up to 9999) | 2 bits of source | 40 bits of offset |
+-- 26 bits of run_id's hash; aggregating on it costs what a timestamp does (a struct key
+-- of the same parts doubled drift_daily). One aggregation pass with arg_max on the key,
+-- not a sort of every run (7.3 s -> 0.3 s on 8.6 M runs).
+CREATE OR REPLACE MACRO run_recency(ts, source, byte_offset, run_id) AS
+    (CAST(epoch_us(ts) AS HUGEINT) << 68)
+    + (CAST(CASE source WHEN 'history' THEN 2 WHEN 'state_file' THEN 1 ELSE 0 END AS HUGEINT) << 66)
+    + (CAST(least(greatest(coalesce(byte_offset, 0), 0), 1099511627775) AS HUGEINT) << 26)
+    + CAST(hash(run_id) >> 38 AS HUGEINT);
 
 CREATE OR REPLACE VIEW latest_run AS
-SELECT unnest(arg_min(r, newest_first(r.ts, r.source, r.byte_offset, r.run_id)))
+SELECT unnest(arg_max(r, run_recency(r.ts, r.source, r.byte_offset, r.run_id)))
 FROM runs r GROUP BY r.host;
 
 CREATE OR REPLACE VIEW latest_success AS
-SELECT unnest(arg_min(r, newest_first(r.ts, r.source, r.byte_offset, r.run_id)))
+SELECT unnest(arg_max(r, run_recency(r.ts, r.source, r.byte_offset, r.run_id)))
 FROM runs r WHERE r.success GROUP BY r.host;
 
 -- observations of one instant: the line appended later wins, as for runs

@@ -8,23 +8,23 @@
 -- run at the target after the last successful run elsewhere); set whenever the latest
 -- successful run is at the target, so a `failed` host keeps it.
 --
--- Hosts, roles and "latest" are those of host_state/latest_run (newest_first; a host's
+-- Hosts, roles and "latest" are those of host_state/latest_run (run_recency; a host's
 -- role: its latest run's, else its latest contact's), computed here in one pass over
--- runs: arg_min on the key instead of sorting every run (10x faster on millions of runs).
+-- runs: arg_max on the key instead of sorting every run (10x faster on millions of runs).
 CREATE OR REPLACE MACRO rollout(target, stale_hours := 24) AS TABLE
 WITH at_target AS (
     SELECT sha FROM commits_at(target)
 ), marked AS (
     SELECT host, ts, success, exit_code, git_sha, role,
         coalesce(git_sha IN (SELECT sha FROM at_target), false) AS is_at,
-        newest_first(ts, source, byte_offset, run_id) AS newest
+        run_recency(ts, source, byte_offset, run_id) AS recency
     FROM runs
 ), per_host AS (
     SELECT host,
-        arg_min({'sha': git_sha, 'ts': ts, 'success': success, 'exit_code': exit_code,
-                 'role': role, 'is_at': is_at}, newest)                    AS lr,
-        arg_min({'sha': git_sha, 'is_at': is_at}, newest) FILTER (WHERE success) AS ls,
-        min(newest) FILTER (WHERE success AND NOT is_at)                 AS last_ok_elsewhere,
+        arg_max({'sha': git_sha, 'ts': ts, 'success': success, 'exit_code': exit_code,
+                 'role': role, 'is_at': is_at}, recency)                   AS lr,
+        arg_max({'sha': git_sha, 'is_at': is_at}, recency) FILTER (WHERE success) AS ls,
+        max(recency) FILTER (WHERE success AND NOT is_at)                AS last_ok_elsewhere,
         bool_or(success AND is_at)                                       AS ever_ok_at
     FROM marked GROUP BY host
 ), contact_role AS (
@@ -45,7 +45,7 @@ WITH at_target AS (
     SELECT m.host, min(m.ts) AS converged_at
     FROM marked m JOIN hosts h USING (host)
     WHERE m.success AND m.is_at
-        AND (h.last_ok_elsewhere IS NULL OR m.newest < h.last_ok_elsewhere)
+        AND (h.last_ok_elsewhere IS NULL OR m.recency > h.last_ok_elsewhere)
     GROUP BY m.host
 )
 SELECT

@@ -2,14 +2,14 @@
 -- rollout state right after it. `converged` applies the contract's rules 1 and 2 to
 -- the history up to and including that run: the latest successful run is at the
 -- target, and the run itself is not a failure at the target. `seq` orders a host's
--- runs oldest first (newest_first, reversed).
+-- runs oldest first (by run_recency).
 CREATE OR REPLACE MACRO rollout_events(target) AS TABLE
 WITH at_target AS (
     SELECT sha FROM commits_at(target)
 ), r AS (
     SELECT host, ts, run_id, success, exit_code, git_sha,
         coalesce(git_sha IN (SELECT sha FROM at_target), false) AS is_at,
-        newest_first(ts, source, byte_offset, run_id) AS newest
+        run_recency(ts, source, byte_offset, run_id) AS recency
     FROM runs
     WHERE ts >= rollout_first_seen(target)
 ), s AS (
@@ -17,7 +17,7 @@ WITH at_target AS (
         row_number() OVER w AS seq,
         coalesce(last_value(CASE WHEN success THEN is_at END IGNORE NULLS) OVER w, false) AS ok_at
     FROM r
-    WINDOW w AS (PARTITION BY host ORDER BY newest DESC
+    WINDOW w AS (PARTITION BY host ORDER BY recency
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 )
 SELECT host, seq, ts, run_id, success, exit_code, git_sha, is_at,

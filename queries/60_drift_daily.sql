@@ -14,14 +14,13 @@
 --   config_differs         hosts with either difference
 CREATE OR REPLACE VIEW drift_daily AS
 WITH days AS (
-    -- a struct is never NULL, so arg_min takes the last run even where its values are NULL
-    SELECT host, CAST(ts AS DATE) AS day,
-        arg_min(role, newest_first(ts, source, byte_offset, run_id)) AS role,
-        arg_min({'sha': git_sha, 'ok': success, 'o': override_sha, 'dirty': git_dirty},
-            newest_first(ts, source, byte_offset, run_id)) AS last,
-        arg_min({'o': override_sha, 'v': vault_sha},
-            newest_first(ts, source, byte_offset, run_id)) FILTER (WHERE success) AS ok_day
-    FROM runs GROUP BY host, CAST(ts AS DATE)
+    -- a struct is never NULL, so arg_max takes the last run even where its values are NULL
+    SELECT host, CAST(ts AS DATE) AS day, arg_max(role, recency) AS role,
+        arg_max({'sha': git_sha, 'ok': success, 'o': override_sha, 'dirty': git_dirty}, recency)
+            AS last,
+        arg_max({'o': override_sha, 'v': vault_sha}, recency) FILTER (WHERE success) AS ok_day
+    FROM (SELECT *, run_recency(ts, source, byte_offset, run_id) AS recency FROM runs)
+    GROUP BY host, CAST(ts AS DATE)
 ), daily AS (
     SELECT host, day, role, last.sha AS sha, last.ok AS ok, last.o AS override_sha,
         last.dirty AS dirty, ok_day

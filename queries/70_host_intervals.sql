@@ -1,6 +1,6 @@
 -- Each host on each commit, from when to when: consecutive successful runs at the same
--- commit form one interval (a failed run does not change what is applied); runs in
--- newest_first order, reversed.
+-- commit form one interval (a failed run does not change what is applied); runs oldest
+-- first (by run_recency).
 --   from_ts   first successful run of the interval
 --   to_ts     first successful run of the next interval; NULL while current
 --   last_ts   last successful run within the interval
@@ -8,18 +8,18 @@
 CREATE OR REPLACE VIEW host_intervals AS
 WITH ok AS (
     SELECT host, ts, role, git_sha, git_branch,
-        newest_first(ts, source, byte_offset, run_id) AS newest,
+        run_recency(ts, source, byte_offset, run_id) AS recency,
         CASE WHEN git_sha IS DISTINCT FROM lag(git_sha) OVER w THEN 1 ELSE 0 END AS starts
     FROM runs WHERE success
-    WINDOW w AS (PARTITION BY host ORDER BY newest_first(ts, source, byte_offset, run_id) DESC)
+    WINDOW w AS (PARTITION BY host ORDER BY run_recency(ts, source, byte_offset, run_id))
 ), numbered AS (
     SELECT *, sum(starts) OVER (
-        PARTITION BY host ORDER BY newest DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+        PARTITION BY host ORDER BY recency ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
     ) AS interval_no
     FROM ok
 ), intervals AS (
     SELECT host, interval_no, any_value(git_sha) AS git_sha,
-        arg_min(git_branch, newest) AS git_branch, arg_min(role, newest) AS role,
+        arg_max(git_branch, recency) AS git_branch, arg_max(role, recency) AS role,
         min(ts) AS from_ts, max(ts) AS last_ts, count(*) AS runs
     FROM numbered GROUP BY host, interval_no
 )

@@ -43,7 +43,7 @@ def cli(db: Path, *args: str, catch: bool = False) -> Any:
 
 def tie_host(m: Path, host: str = "tie") -> None:
     """Two runs finishing in the same second: the successful one first in the file, the failed
-    one appended later. newest_first (history, then the line appended later) makes the
+    one appended later. run_recency (history, then the line appended later) makes the
     failed run the latest."""
     runs(
         m, host,
@@ -70,7 +70,7 @@ def test_runs_in_the_same_second_are_ordered_as_appended_not_by_run_id(
     assert con.execute("SELECT pp_run_id FROM host_state").fetchall() == [("c-second",)]
     assert con.execute("SELECT hosts, failing FROM drift_daily").fetchall() == [(1, 1)]
     ordered = con.execute(
-        "SELECT run_id FROM runs ORDER BY newest_first(ts, source, byte_offset, run_id)"
+        "SELECT run_id FROM runs ORDER BY run_recency(ts, source, byte_offset, run_id) DESC"
     ).fetchall()
     assert ordered == [("c-second",), ("b-first",)]
 

@@ -85,7 +85,7 @@ def test_latest_observation_of_one_instant_is_the_line_appended_later(tmp_path: 
     arg_max(o, observed_at) with no tie-break: whichever row is stored first wins (the line
     appended earlier for some contents, the later one for others, varying from run to run
     with the INSERT's QUALIFY window), so host_state's reachable/last_error are arbitrary,
-    while runs break the same tie by 'the line appended later' (newest_first)."""
+    while runs break the same tie by 'the line appended later' (run_recency)."""
     wrong = []
     for i in range(12):
         mirror = tmp_path / f"m{i}"
