@@ -485,7 +485,7 @@ _ps_git_info() {
 # file missing, empty or garbled: its writer died between mkdir and writing it,
 # or the disk was full) is broken when the lock directory itself is old.
 _ps_lock() {
-    local dir=$1 tries=0 max absent=0 opid oepoch owner now parent timeout stale unknown_after
+    local dir=$1 tries=0 max opid oepoch owner now parent timeout stale unknown_after
     _ps_setting_int "${PUPPET_STATE_LOCK_TIMEOUT_S:-}" 5
     timeout=$_PS_INT
     _ps_setting_int "${PUPPET_STATE_LOCK_STALE_S:-}" 60
@@ -500,7 +500,7 @@ _ps_lock() {
     [ -n "$parent" ] || parent=/
     while :; do
         if mkdir "$dir" 2>/dev/null; then
-            printf '%s %s\n' "${_PS_PID:-$$}" "${_PS_NOW:-0}" >"$dir/owner" 2>/dev/null
+            { printf '%s %s\n' "${_PS_PID:-$$}" "${_PS_NOW:-0}" >"$dir/owner"; } 2>/dev/null
             return 0
         fi
         tries=$((tries + 1))
@@ -517,25 +517,21 @@ _ps_lock() {
             oepoch=${owner#"$opid"}
             oepoch=${oepoch#"${oepoch%%[![:blank:]]*}"}
             oepoch=${oepoch%%[[:blank:]]*}
-            absent=0
-        else
-            absent=$((absent + 1))
         fi
         case $opid in '' | *[!0-9]*) opid="" ;; esac
         _ps_setting_int "$oepoch" ""
         oepoch=$_PS_INT
         now=${_PS_NOW:-0}
+        # A missing owner file is an unknown owner, judged on the lock's age below
+        # (a lock being given back or just taken has none for a moment).
         if { [ -n "$opid" ] && ! kill -0 "$opid" 2>/dev/null && ! ps -p "$opid" >/dev/null 2>&1; } ||
-            { [ -n "$oepoch" ] && [ "$oepoch" -gt 0 ] && [ "$((now - oepoch))" -gt "$stale" ]; } ||
-            [ "$absent" -gt 20 ]; then
+            { [ -n "$oepoch" ] && [ "$oepoch" -gt 0 ] && [ "$((now - oepoch))" -gt "$stale" ]; }; then
             _ps_break_lock "$dir" "$owner" "" "${opid:-unknown}"
-            absent=0
             continue
         fi
         # Unknown owner: the lock's age, looked at once a second (it costs a touch).
         if [ -z "$opid" ] && [ "$((tries % 20))" -eq 1 ] && _ps_older_than "$dir" "$unknown_after"; then
             _ps_break_lock "$dir" "$owner" "$unknown_after" "unknown, lock older than ${unknown_after} s"
-            absent=0
             continue
         fi
         sleep 0.05 2>/dev/null || sleep 1
@@ -678,7 +674,7 @@ _ps_append_line() {
                 # it off first, any writer may retry after none.
                 rm -f "$tmp" 2>/dev/null
                 if [ -n "$before" ]; then
-                    _ps_cut_back "$file" "$before"
+                    _ps_cut_back "$file" "$before" "$line"
                     printf '%s' "$line" >>"$file" 2>/dev/null && rc=0
                 else
                     case $out in
@@ -738,16 +734,20 @@ _ps_file_size() {
     _PS_SIZE=$_PS_INT
 }
 
-# Cut file $1 back to $2 bytes, its size before an append that failed: a line
-# the disk had room for in part only would stay in the history as invalid
+# Cut file $1 back to $2 bytes, its size before the append of line $3 failed: a
+# line the disk had room for in part only would stay in the history as invalid
 # JSON. dd truncates its output at seek= (POSIX, GNU and BSD alike; there is no
-# portable truncate(1)). Only under the lock: without it, another writer's line
-# may follow ours.
+# portable truncate(1)). Only under the lock, and only when what follows is a
+# part of our line alone: a writer that gave up waiting for the lock appends
+# without it, and its line must stay.
 _ps_cut_back() {
-    local f=$1 size=$2
+    local f=$1 size=$2 line=$3 k
     [ -n "$size" ] && [ -f "$f" ] || return 0
     _ps_file_size "$f"
     [ -n "$_PS_SIZE" ] && [ "$_PS_SIZE" -gt "$size" ] || return 0
+    k=$((_PS_SIZE - size))
+    [ "$k" -lt "${#line}" ] || return 0
+    [ "$(tail -c "+$((size + 1))" "$f" 2>/dev/null)" = "${line:0:k}" ] || return 0
     dd if=/dev/null of="$f" bs=1 seek="$size" 2>/dev/null ||
         _ps_log "cannot cut the part of a line that was written off $f"
     return 0
@@ -810,7 +810,7 @@ _ps_append_history() {
     [ -e "$hist" ] || created=1
     if ! _ps_append_line "$hist" "$new$rec"$'\n' "$size"; then
         _ps_log "cannot append to $hist (read-only or disk full?)"
-        [ "$locked" -eq 0 ] || _ps_cut_back "$hist" "$size"
+        [ "$locked" -eq 0 ] || _ps_cut_back "$hist" "$size" "$new$rec"$'\n'
     elif [ "$created" -eq 1 ]; then
         chmod 0644 "$hist" 2>/dev/null
     fi
@@ -991,6 +991,19 @@ _ps_record() {
 # Record one attempt. In a subshell so that the caller's set -e/-u, traps,
 # IFS and variables can neither break the record nor be changed by it.
 puppet_state_record() {
+    # A closed stderr (`2>&-`) would fail the subshell's redirection, and with it
+    # the record: the warnings then go nowhere instead.
+    if : >&2; then
+        _ps_record_alone "$@" </dev/null >&2
+    else
+        _ps_record_alone "$@" </dev/null >/dev/null 2>&1
+    fi
+    _ps_reset_begin
+    return 0
+}
+
+# _ps_record "$@" in a subshell of its own options; never fails.
+_ps_record_alone() {
     (
         set +e +u -f
         IFS=$' \t\n'
@@ -1000,9 +1013,7 @@ puppet_state_record() {
         # bash 5.2 under BASH_COMPAT<=42 would eat a backslash of each \\ replacement.
         shopt -u patsub_replacement 2>/dev/null
         _ps_record "$@"
-    ) </dev/null >&2 || true
-    _ps_reset_begin
-    return 0
+    ) || true
 }
 
 # Seed-compatible entry point (hosts already call it this way).

@@ -12,8 +12,9 @@
 
 # Shell options can come in through an exported SHELLOPTS: errexit would end the
 # driver at puppet's first failure, before the record and the retry (and leave
-# the watchdog behind). The driver runs with its own: nounset only.
-set +e +E +T +a +C +f +k +o pipefail
+# the watchdog behind), and xtrace's lines on a stderr whose reader went away
+# would end it too. The driver runs with its own: nounset only.
+set +e +E +T +a +C +f +k +x +v +o pipefail
 set -u
 
 if [ -z "${PUPPET_OS_NAME:-}" ]; then
