@@ -5,27 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from clirun import REPO, fs
 from factories import SHA_A, SHA_B, ago, line, record, write_history, write_observation
 
 from pipeline import samplefleet
 
-REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("ingest", "status", "rollout", "history", "drift", "sql", "rebuild", "demo")
-
-
-def fs(db: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "--db", str(db), *args],
-        capture_output=True, text=True, cwd=cwd or REPO,
-        env={**os.environ, "FLEETSTATE_LOCK_WAIT_S": "1", "COLUMNS": "200"},
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

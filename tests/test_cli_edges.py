@@ -7,7 +7,6 @@ A real process and a real warehouse, as tests/test_cli.py does.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,22 +17,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from clirun import REPO, cli_env, fs
 from factories import SHA_A, SHA_B, ago, line, record, write_history, write_observation
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _env(columns: str = "200") -> dict[str, str]:
-    return {**os.environ, "FLEETSTATE_LOCK_WAIT_S": "1", "COLUMNS": columns}
-
-
-def fs(
-    db: Path, *args: str, cwd: Path | None = None, columns: str = "200"
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "--db", str(db), *args],
-        capture_output=True, text=True, cwd=cwd or REPO, env=_env(columns),
-    )  # fmt: skip
 
 
 def interrupted(
@@ -43,7 +28,7 @@ def interrupted(
     how long it took to exit after the signal (60 s cap)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "--db", str(db), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd or REPO, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd or REPO, env=cli_env(),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )  # fmt: skip
     time.sleep(after)

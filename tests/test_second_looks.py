@@ -14,21 +14,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from clirun import REPO, fs
 from factories import SHA_A, ago, line, record, write_history, write_observation
 
 from pipeline import load, report, warehouse
 from pipeline.errors import FleetstateError
 
-REPO = Path(__file__).resolve().parent.parent
 HOST = "h1.example.com"
-
-
-def fs(db: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "--db", str(db), *args],
-        capture_output=True, text=True, cwd=cwd or REPO,
-        env={**os.environ, "FLEETSTATE_LOCK_WAIT_S": "1", "COLUMNS": "200"},
-    )  # fmt: skip
 
 
 # --- collect: Ctrl-C ---------------------------------------------------------------------
