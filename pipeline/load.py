@@ -95,7 +95,6 @@ def _env_count(name: str, sizes: bool = False) -> int | None:
 # replaced (not appended to) is noticed even when its start is unchanged
 HEAD_BYTES = 4096
 FINGERPRINT = "v2:"  # cursors saved before carry the sha256 of the first bytes only
-SOURCE_RANK = {"history": 0, "state_file": 1, "legacy_summary": 2}
 
 
 class LoadError(FleetstateError):

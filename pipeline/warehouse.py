@@ -54,8 +54,7 @@ def connect(
     """
     if read_only and not path.exists():
         raise WarehouseError(f"no warehouse at {path}: run `fleetstate ingest` (or `demo`) first")
-    if path.is_file() and path.stat().st_size and not _is_duckdb_file(path):
-        raise WarehouseError(f"{path} is not a DuckDB warehouse (wrong --db or FLEETSTATE_DB?)")
+    _refuse_non_duckdb(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -114,6 +113,12 @@ def _refuse_foreign(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             f"{path} is a DuckDB database but not a fleetstate warehouse "
             "(wrong --db or FLEETSTATE_DB?)"
         )
+
+
+def _refuse_non_duckdb(path: Path) -> None:
+    """A file that is not DuckDB's (a .csv given as --db, say) is named, never replaced."""
+    if path.is_file() and path.stat().st_size and not _is_duckdb_file(path):
+        raise WarehouseError(f"{path} is not a DuckDB warehouse (wrong --db or FLEETSTATE_DB?)")
 
 
 def _is_duckdb_file(path: Path) -> bool:
@@ -206,8 +211,7 @@ def rebuilding(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     path = Path(os.path.realpath(path))  # --db a symbolic link: the file it names
     old = None
     if path.exists():
-        if path.is_file() and path.stat().st_size and not _is_duckdb_file(path):
-            raise WarehouseError(f"{path} is not a DuckDB warehouse (wrong --db or FLEETSTATE_DB?)")
+        _refuse_non_duckdb(path)
         try:
             old = _open_waiting(path, read_only=False)
         except duckdb.Error:
