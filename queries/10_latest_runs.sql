@@ -36,15 +36,26 @@ FROM observations o WHERE o.reachable GROUP BY o.host;
 
 -- a host's worker: the freshest activity any pool or fetch has shown for it (a worker moved
 -- to another pool is still listed, stale, by the old one; one workerId may be in two
--- workerGroups), with the quarantine of the latest fetch (the larger if it shows two)
+-- workerGroups). Its quarantine is that of the pool it works in: of each listing (host,
+-- pool, worker) the latest fetch (where a lifted quarantine shows as NULL; the larger if
+-- one fetch lists it twice), and of those the one active last. So a stale listing by the
+-- old pool neither adds a quarantine nor hides one, whatever order the pools were fetched.
 CREATE OR REPLACE VIEW latest_activity AS
+WITH listing AS (
+    SELECT unnest(arg_max(w, {'o': w.observed_at,
+        'q': coalesce(w.quarantined_until, '-infinity'::TIMESTAMPTZ)}))
+    FROM worker_activity w GROUP BY w.host, w.worker_pool, w.worker_id
+),
+current AS (
+    SELECT l.host,
+        arg_max(l, {'a': coalesce(l.last_active, '-infinity'::TIMESTAMPTZ),
+                    'o': l.observed_at}) AS w
+    FROM listing l GROUP BY l.host
+)
 SELECT a.host, max(a.observed_at) AS observed_at,
-    arg_max(a.worker_pool, fresh) AS worker_pool, arg_max(a.worker_id, fresh) AS worker_id,
+    any_value(c.w.worker_pool) AS worker_pool, any_value(c.w.worker_id) AS worker_id,
     max(a.last_active) AS last_active,
-    -- in a struct, so that the latest fetch's "not quarantined" (NULL) is not skipped
-    arg_max({'q': a.quarantined_until}, {'o': a.observed_at,
-        'q': coalesce(a.quarantined_until, '-infinity'::TIMESTAMPTZ)}).q AS quarantined_until,
-    arg_max(a.extra, fresh) AS extra
-FROM (SELECT *, {'a': coalesce(last_active, '-infinity'::TIMESTAMPTZ), 'o': observed_at} AS fresh
-      FROM worker_activity) a
+    any_value(c.w.quarantined_until) AS quarantined_until,
+    any_value(c.w.extra) AS extra
+FROM worker_activity a JOIN current c USING (host)
 GROUP BY a.host;

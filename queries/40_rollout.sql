@@ -55,7 +55,7 @@ SELECT
         WHEN h.lr.is_at AND NOT h.lr.success THEN 'failed'
         WHEN h.ls.is_at THEN 'converged'
         WHEN coalesce(h.ever_ok_at, false) THEN 'regressed'
-        WHEN h.lr.ts IS NULL OR h.lr.ts < now() - to_hours(CAST(stale_hours AS BIGINT))
+        WHEN h.lr.ts IS NULL OR h.lr.ts < now() - to_seconds(CAST(stale_hours AS DOUBLE) * 3600)
             THEN 'unreported'
         ELSE 'pending'
     END AS status,

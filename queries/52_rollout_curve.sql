@@ -1,7 +1,10 @@
 -- rollout_curve(target, only_role := NULL): converged hosts at the end of every hour
 -- from the hour the target was first seen to the current hour. "Converged" is the
 -- contract's rule as of that time (see rollout_events), so the last point equals
--- the `converged` count of rollout_summary.
+-- the `converged` count of rollout_summary. Hours are UTC hours whatever the reader's
+-- TimeZone setting.
+CREATE OR REPLACE MACRO utc_hour(t) AS timezone('UTC', date_trunc('hour', timezone('UTC', t)));
+
 CREATE OR REPLACE MACRO rollout_curve(target, only_role := NULL) AS TABLE
 WITH ev AS (
     SELECT e.host, e.ts,
@@ -12,11 +15,11 @@ WITH ev AS (
     WHERE only_role IS NULL
        OR e.host IN (SELECT host FROM rollout(target) WHERE role = only_role)
 ), hourly AS (
-    SELECT date_trunc('hour', ts) AS hour, sum(delta) AS delta FROM ev GROUP BY ALL
+    SELECT utc_hour(ts) AS hour, sum(delta) AS delta FROM ev GROUP BY ALL
 ), hours AS (
     SELECT unnest(generate_series(
-        date_trunc('hour', rollout_first_seen(target)),
-        date_trunc('hour', greatest(now(), (SELECT max(ts) FROM runs))),
+        utc_hour(rollout_first_seen(target)),
+        utc_hour(greatest(now(), (SELECT max(ts) FROM runs))),
         INTERVAL 1 HOUR
     )) AS hour
 )

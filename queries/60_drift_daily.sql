@@ -15,19 +15,20 @@
 CREATE OR REPLACE VIEW drift_daily AS
 WITH days AS (
     -- a struct is never NULL, so arg_max takes the last run even where its values are NULL
-    SELECT host, CAST(ts AS DATE) AS day, arg_max(role, recency) AS role,
+    -- the UTC day whatever the reader's TimeZone setting (DuckDB itself, say)
+    SELECT host, CAST(timezone('UTC', ts) AS DATE) AS day, arg_max(role, recency) AS role,
         arg_max({'sha': git_sha, 'ok': success, 'o': override_sha, 'dirty': git_dirty}, recency)
             AS last,
         arg_max({'o': override_sha, 'v': vault_sha}, recency) FILTER (WHERE success) AS ok_day
     FROM (SELECT *, run_recency(ts, source, byte_offset, run_id) AS recency FROM runs)
-    GROUP BY host, CAST(ts AS DATE)
+    GROUP BY ALL
 ), daily AS (
     SELECT host, day, role, last.sha AS sha, last.ok AS ok, last.o AS override_sha,
         last.dirty AS dirty, ok_day
     FROM days
 ), applied AS (
     SELECT *,
-        CAST(day AS TIMESTAMPTZ) + INTERVAL 1 DAY AS day_end,
+        timezone('UTC', CAST(day AS TIMESTAMP)) + INTERVAL 1 DAY AS day_end,
         last_value(ok_day IGNORE NULLS) OVER (
             PARTITION BY host ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
         ) AS last_ok
