@@ -77,6 +77,8 @@ def _open(read_only: bool = True) -> duckdb.DuckDBPyConnection:
 
     con = warehouse.connect(state.db, read_only=read_only)
     state.connections.append(con)
+    if not read_only:  # an ingest of any kind: the demo may no longer replace it
+        warehouse.mark_written(con)
     return con
 
 
@@ -456,8 +458,18 @@ def sql(
 @app.command()
 def rebuild(
     mirror: Annotated[Path, typer.Option(help="The mirror to rebuild from.")] = Path("data/mirror"),
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Rebuild even when hosts in the warehouse are not in the mirror."
+        ),
+    ] = False,
 ) -> None:
     """Drop the warehouse and recreate it from the mirror alone (after an upgrade, say).
+
+    The commit graph and worker activity, which are not in the mirror, are copied from the
+    old warehouse. A host the warehouse holds but the mirror has no directory for (loaded
+    with ingest --from another directory) would be dropped: refused unless --force.
 
     \b
     Example: fleetstate rebuild --mirror data/mirror
@@ -466,8 +478,22 @@ def rebuild(
 
     if not mirror.is_dir():
         raise FleetstateError(f"mirror directory {mirror} does not exist; nothing to rebuild from")
-    with warehouse.rebuilding(state.db) as con:  # the old one stays until this succeeds
+    have = {host for host, _ in load.discover(mirror)}
+
+    def keeps_every_host(old: duckdb.DuckDBPyConnection) -> None:
+        hosts = old.execute("SELECT DISTINCT host FROM load_cursors ORDER BY host").fetchall()
+        missing = [h for (h,) in hosts if h not in have]
+        if missing and not force:
+            raise FleetstateError(
+                f"{len(missing)} host(s) of the warehouse have no directory in {mirror} "
+                f"(first: {missing[0]}) and would be dropped; rebuild from the mirror that "
+                "holds them, or pass --force"
+            )
+
+    carry = warehouse.NOT_FROM_MIRROR
+    with warehouse.rebuilding(state.db, carry, keeps_every_host) as con:
         stats = load.load_mirror(con, mirror)
+        warehouse.mark_written(con)  # not the demo's any more, if it was
     _progress(f"rebuilt {state.db}: {stats.runs_added:,} runs, {stats.rejects_added:,} rejects")
 
 

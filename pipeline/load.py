@@ -226,6 +226,10 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
     problems: list[str] = []
     for host, hdir in found:
         mine = []
+        if not _is_utf8_name(str(hdir)):  # the warehouse's names are text: renamed, it loads
+            shown = os.fsencode(hdir).decode("utf-8", "backslashreplace")
+            problems.append(f"{shown}: its name is not UTF-8; skipped")
+            continue
         try:
             names = set(os.listdir(hdir))
         except OSError as exc:
@@ -255,6 +259,14 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
         skipped += len(mine) - len(kept)
         files.append((host, kept))
     return files, skipped, problems
+
+
+def _is_utf8_name(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, read as surrogate escapes
+        return False
+    return True
 
 
 def _load_groups(

@@ -7,7 +7,6 @@ uses so that it starts without importing polars.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -47,12 +46,22 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
+        return blob_text(value)
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return value
+
+
+# C0 controls and DEL as \xNN (a blob's NUL would end a csv reader's line, a CR split it)
+_BLOB_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def blob_text(value: bytes) -> str:
+    """A BLOB (a reject's raw line) as text: UTF-8 kept, bytes that are not UTF-8 and
+    control characters as \\xNN, as DuckDB shows a BLOB."""
+    return value.decode("utf-8", errors="backslashreplace").translate(_BLOB_CONTROL)
 
 
 def _iso_duration(span: timedelta) -> str:
@@ -123,12 +132,21 @@ def to_json(frame: Frame) -> str:
 
 
 def to_csv(frame: Frame) -> str:
+    """RFC 4180 fields, LF line ends: a field holding a comma, a quote, CR or LF is quoted
+    (Python's writer with LF line ends leaves a bare CR unquoted); a NUL, which no csv
+    reader takes, as \\x00."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(frame.columns)
+    out.write(",".join(_csv_field(str(n)) for n in frame.columns) + "\n")
     for row in frame.iter_rows(named=False):
-        writer.writerow([_csv_value(v) for v in row])
+        out.write(",".join(_csv_field(str(_csv_value(v))) for v in row) + "\n")
     return out.getvalue()
+
+
+def _csv_field(text: str) -> str:
+    text = text.replace("\0", "\\x00")
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def emit(

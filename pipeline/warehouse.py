@@ -8,12 +8,13 @@ open whenever their text differs from what the warehouse last applied
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -50,13 +51,39 @@ def connect(
 ) -> duckdb.DuckDBPyConnection:
     """Open (and, when writable, migrate) the warehouse at `path`.
 
-    Another process holding the write lock gets a short wait, then a clear error.
+    Another process holding the write lock gets a short wait, then a clear error. A
+    warehouse of an older release is upgraded by a read-only open too (once: a writable
+    open, closed, before the read-only one), so reports never run on the old views; one
+    of a newer release is refused, never rewritten.
     """
     if read_only and not path.exists():
         raise WarehouseError(f"no warehouse at {path}: run `fleetstate ingest` (or `demo`) first")
     _refuse_non_duckdb(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
+    con = _open_checked(path, read_only, wait_s)
+    try:
+        if not read_only:
+            migrate(con)
+            apply_queries(con)
+            return con
+        if not _outdated(con):
+            return con
+    except BaseException:
+        con.close()
+        raise
+    con.close()
+    try:
+        connect(path, read_only=False, wait_s=wait_s).close()
+    except WarehouseError as exc:
+        raise WarehouseError(
+            f"{path} was made by an older fleetstate and is upgraded on first use, "
+            f"which needs to write to it: {exc}"
+        ) from exc
+    return _open_checked(path, True, wait_s)
+
+
+def _open_checked(path: Path, read_only: bool, wait_s: float | None) -> duckdb.DuckDBPyConnection:
     try:
         con = _open_waiting(path, read_only, wait_s)
     except duckdb.IOException as exc:
@@ -64,9 +91,7 @@ def connect(
     _session(con)
     try:
         _refuse_foreign(con, path)
-        if not read_only:
-            migrate(con)
-            apply_queries(con)
+        _refuse_newer(con, path)
     except BaseException:
         con.close()
         raise
@@ -115,6 +140,41 @@ def _refuse_foreign(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         )
 
 
+def _refuse_newer(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """A warehouse a newer release migrated (a migration this one does not know) is
+    refused: this release's views and writes would not mean what that one's tables do."""
+    unknown = sorted(_done_migrations(con) - set(_known_migrations()))
+    if unknown:
+        raise WarehouseError(
+            f"{path} was written by a newer fleetstate (migration {unknown[-1]}); "
+            "upgrade fleetstate to use it"
+        )
+
+
+def _done_migrations(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The migrations recorded in the warehouse (none in a new, empty file)."""
+    if not con.execute(
+        "SELECT count(*) FROM duckdb_tables() "
+        "WHERE database_name = current_database() AND table_name = 'schema_migrations'"
+    ).fetchall()[0][0]:
+        return set()
+    return {row[0] for row in con.execute("SELECT name FROM schema_migrations").fetchall()}
+
+
+def _known_migrations() -> list[str]:
+    return sorted(f.name for f in migrations_dir().glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def _outdated(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether a writable open would change the warehouse: a migration or the text of
+    queries/ not yet applied (an older release made it), or a view or macro gone."""
+    if set(_known_migrations()) - _done_migrations(con):
+        return True
+    texts, digest = _queries()
+    row = con.execute("SELECT value FROM meta WHERE key = 'queries_sha256'").fetchall()
+    return not row or row[0][0] != digest or _missing_objects(con, texts)
+
+
 def _refuse_non_duckdb(path: Path) -> None:
     """A file that is not DuckDB's (a .csv given as --db, say) is named, never replaced."""
     if path.is_file() and path.stat().st_size and not _is_duckdb_file(path):
@@ -147,11 +207,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
     )
-    done = {row[0] for row in con.execute("SELECT name FROM schema_migrations").fetchall()}
+    done = _done_migrations(con)
     applied = []
-    for sql_file in sorted(migrations_dir().glob("[0-9][0-9][0-9]_*.sql")):
-        if sql_file.name in done:
+    for name in _known_migrations():
+        if name in done:
             continue
+        sql_file = migrations_dir() / name
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(sql_file.read_text())
@@ -168,9 +229,7 @@ def apply_queries(con: duckdb.DuckDBPyConnection) -> list[str]:
     """(Re)create every view and macro in queries/, in file-name order, unless the
     warehouse already holds this exact text (applying takes ~30 ms; ingest runs often).
     The text and its fingerprint in `meta` commit together."""
-    files = sorted(queries_dir().glob("*.sql"))
-    texts = [(f.name, f.read_text()) for f in files]
-    digest = hashlib.sha256(repr(texts).encode()).hexdigest()
+    texts, digest = _queries()
     row = con.execute("SELECT value FROM meta WHERE key = 'queries_sha256'").fetchall()
     if row and row[0][0] == digest and not _missing_objects(con, texts):
         return []
@@ -184,6 +243,12 @@ def apply_queries(con: duckdb.DuckDBPyConnection) -> list[str]:
         con.execute("ROLLBACK")
         raise
     return [name for name, _ in texts]
+
+
+def _queries() -> tuple[list[tuple[str, str]], str]:
+    """The files of queries/ (name, text) in order, and their fingerprint."""
+    texts = [(f.name, f.read_text()) for f in sorted(queries_dir().glob("*.sql"))]
+    return texts, hashlib.sha256(repr(texts).encode()).hexdigest()
 
 
 _DEFINES = re.compile(r"CREATE OR REPLACE (VIEW|MACRO) (\w+)", re.IGNORECASE)
@@ -201,13 +266,26 @@ def _missing_objects(con: duckdb.DuckDBPyConnection, texts: list[tuple[str, str]
     return bool(names - {r[0] for r in have})
 
 
+# Tables not derived from the mirror (`ingest-git`, `ingest-workers`): a rebuild copies
+# them from the old warehouse, or their history would be gone for good.
+NOT_FROM_MIRROR = (
+    "git_commits", "git_refs", "git_ref_history", "worker_activity", "worker_fetches", "meta",
+)  # fmt: skip
+
+
 @contextmanager
-def rebuilding(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def rebuilding(
+    path: Path,
+    carry: Sequence[str] = (),
+    check: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A new, empty warehouse that takes the place of the one at `path` when the block ends
     without an error (`rebuild`, `demo`). The old one is held open meanwhile, so another
     process using it is refused (locked) instead of writing on into a deleted file, and a
-    crash or an error leaves the old one as it was. A file DuckDB cannot open at all (a
-    release whose storage it does not read, say) is replaced without being held."""
+    crash or an error leaves the old one as it was. `check(old)` may refuse (raise) before
+    anything is built; the tables in `carry` are copied from the old one (the columns both
+    have). A file DuckDB cannot open at all (a release whose storage it does not read, say)
+    is replaced without being held. Scratch files of rebuilds that were killed go."""
     path = Path(os.path.realpath(path))  # --db a symbolic link: the file it names
     old = None
     if path.exists():
@@ -215,13 +293,19 @@ def rebuilding(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         try:
             old = _open_waiting(path, read_only=False)
         except duckdb.Error:
-            pass  # not openable (a release whose storage this one does not read): not held
+            pass  # not openable (a release whose storage it does not read): not held
         if old is not None:
             try:
+                _session(old)
                 _refuse_foreign(old, path)
+                _refuse_newer(old, path)
+                if check is not None:
+                    check(old)
             except BaseException:
                 old.close()
                 raise
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.*.rebuild*"):
+                stale.unlink(missing_ok=True)  # a killed rebuild's (we hold the lock)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rebuild", dir=path.parent)
     os.close(fd)
@@ -230,6 +314,8 @@ def rebuilding(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         remove(new)
         con = connect(new)
         try:
+            if old is not None:
+                _copy_tables(old, con, carry)
             yield con
             con.execute("CHECKPOINT")
         finally:
@@ -243,6 +329,48 @@ def rebuilding(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         if old is not None:
             old.close()
         remove(new)
+
+
+def _copy_tables(
+    old: duckdb.DuckDBPyConnection, new: duckdb.DuckDBPyConnection, tables: Sequence[str]
+) -> None:
+    """Copy `tables` from `old` (any release's) into `new`, by column name, streaming."""
+    for table in tables:
+        cols = [
+            r[0]
+            for r in old.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+                "AND table_name = ? ORDER BY column_index",
+                [table],
+            ).fetchall()
+        ]
+        have = {
+            r[0]
+            for r in new.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
+            ).fetchall()
+        }
+        shared = ", ".join(f'"{c}"' for c in cols if c in have)  # names from the catalog
+        if not shared:
+            continue
+        keyed = new.execute(
+            "SELECT count(*) FROM duckdb_constraints() WHERE table_name = ? "
+            "AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')",
+            [table],
+        ).fetchall()[0][0]
+        verb = "INSERT OR IGNORE" if keyed else "INSERT"  # meta: the new warehouse's own keys win
+        reader = old.execute(f"SELECT {shared} FROM {table}").to_arrow_reader()  # noqa: S608
+        new.register("carried", reader)
+        try:
+            new.execute(f"{verb} INTO {table} ({shared}) SELECT {shared} FROM carried")  # noqa: S608
+        finally:
+            new.unregister("carried")
+
+
+def mark_written(con: duckdb.DuckDBPyConnection) -> None:
+    """A command other than the demo writes into the warehouse: from now on it holds real
+    data, and `demo` refuses to replace it (`meta.made_by` goes)."""
+    con.execute("DELETE FROM meta WHERE key = 'made_by'")
 
 
 def remove(path: Path) -> None:

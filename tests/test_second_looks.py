@@ -181,15 +181,15 @@ def test_rebuild_through_a_symlink_rebuilds_the_warehouse_it_points_to(tmp_path:
     write_history(mirror, HOST, line(record(run_id="a", host=HOST)))
     real, link = tmp_path / "real.duckdb", tmp_path / "link.duckdb"
     assert fs(real, "ingest", "--from", str(mirror)).returncode == 0
-    con = duckdb.connect(str(real))
-    con.execute("INSERT INTO meta VALUES ('old', 'yes')")
+    con = duckdb.connect(str(real))  # a rejects row the mirror does not hold: a rebuild drops it
+    con.execute("INSERT INTO rejects VALUES (?, 'x', 0, 'old', 'old', now())", [HOST])
     con.close()
     link.symlink_to(real.name)
     done = fs(link, "rebuild", "--mirror", str(mirror))
     assert done.returncode == 0, done.stderr
     assert link.is_symlink(), "the link was replaced by a regular file"
     con = duckdb.connect(str(real), read_only=True)
-    assert con.execute("SELECT * FROM meta WHERE key = 'old'").fetchall() == []
+    assert con.execute("SELECT * FROM rejects WHERE reason = 'old'").fetchall() == []
 
 
 # --- demo --------------------------------------------------------------------------------

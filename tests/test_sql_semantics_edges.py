@@ -44,7 +44,6 @@ def test_drift_daily_days_are_utc_days_in_any_session_time_zone(tmp_path: Path) 
     assert days == [(datetime(2026, 11, 20).date(), 1)], days
 
 
-
 def test_rollout_curve_hours_are_utc_hours_in_any_session_time_zone(tmp_path: Path) -> None:
     """rollout_curve's points are whole UTC hours also for a reader in a zone whose offset
     is not whole hours (Asia/Kolkata, +05:30): date_trunc in the session zone put them at
@@ -66,6 +65,7 @@ def test_rollout_curve_hours_are_utc_hours_in_any_session_time_zone(tmp_path: Pa
     assert len(points) >= 3
     assert {p[0] for p in points} == {0}, points
     assert points[-1][1] == 1
+
 
 def test_rollout_summary_names_its_sha_when_no_host_is_in_scope(
     con: duckdb.DuckDBPyConnection,
