@@ -216,14 +216,21 @@ def collect_host(
     deadline = started + options.host_timeout
     hr = HostResult(host, ok=False)
     try:
+        mirror.host_dir(host)
+    except OSError as exc:  # a file where its directory should be, say: this host only
+        hr.error = f"the mirror's directory {mirror.root / host} cannot be used: {exc}"
+        hr.seconds = time.monotonic() - started
+        return hr
+    try:
         cursor = mirror.read_cursor(host)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         # Guessing would pull the host's history into the mirror a second time: the
         # operator decides (the error names the file), and the other hosts go on.
-        path = mirror.host_dir(host) / CURSOR
+        path = mirror.root / host / CURSOR
         hr.error = (
             f"the mirror's cursor {path} cannot be read ({exc}); removing it collects this "
-            "host afresh (its mirrored history and observations are read again from the host)"
+            "host afresh (the mirror keeps what it holds; what the host still has is pulled "
+            "again: its runs are not stored twice, its rejected lines are)"
         )
         hr.seconds = time.monotonic() - started
         return hr
@@ -231,15 +238,18 @@ def collect_host(
     try:
         target = resolve_target(host, config, options)
         crc = posix_cksum(cursor.window) if cursor.window else 0
-        command = build_command(cursor.offset, cursor.inode, crc, len(cursor.window))
+        done_crc = posix_cksum(cursor.done_window) if cursor.done_window else 0
+        done = (cursor.done_inode, cursor.done_offset, done_crc, len(cursor.done_window))
+        command = build_command(cursor.offset, cursor.inode, crc, len(cursor.window), done)
         out = _run_with_retries(target, command, options, deadline, hr, abort)
         hr.report_bytes = len(out)
-        pull = interpret(parse_sections(out), cursor.window)
+        pull = interpret(parse_sections(out), cursor.window, cursor.done)
         mirror.append_history(host, pull.history)
         obs = observation(host, pull.facts, pull.error, len(pull.history), pull.mode)
         mirror.append_observation(host, obs)
-        if pull.error is None:
-            mirror.save_cursor(host, Cursor(pull.inode, pull.offset, pull.window))
+        if pull.moves_cursor:
+            moved = Cursor(pull.inode, pull.offset, pull.window, 0, 0, *pull.done)
+            mirror.save_cursor(host, moved)
         else:
             mirror.save_cursor(host, cursor)
         hr.ok, hr.error = pull.error is None, pull.error
@@ -295,6 +305,8 @@ def observation(
         "error": error,
     }
     obs.update({k: f.get(k) for k in keys})
+    if f.get("state_file_b64"):  # a state file that is not UTF-8, byte for byte
+        obs["state_file_b64"] = f["state_file_b64"]
     obs["history_bytes"] = history_bytes
     obs["collector_version"] = COLLECTOR_VERSION
     obs["history_mode"] = mode

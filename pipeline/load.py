@@ -224,8 +224,20 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
     owners: dict[str, tuple[bool, str]] = {}
     listed: list[tuple[str, list[tuple[Path, str, bool, int | None]]]] = []
     problems: list[str] = []
+    # Host names are case-insensitive: of directories naming one host in two cases, the
+    # one in lower case (the collector's) or else the first is loaded, the others named.
+    chosen: dict[str, str] = {}
+    for host, _ in found:
+        if host.lower() not in chosen or host == host.lower():
+            chosen[host.lower()] = host
     for host, hdir in found:
         mine = []
+        if chosen[host.lower()] != host:
+            problems.append(
+                f"{hdir}: the same host as {chosen[host.lower()]} (host names are "
+                "case-insensitive); skipped: merge the two directories"
+            )
+            continue
         if not _is_utf8_name(str(hdir)):  # the warehouse's names are text: renamed, it loads
             shown = os.fsencode(hdir).decode("utf-8", "backslashreplace")
             problems.append(f"{shown}: its name is not UTF-8; skipped")
@@ -584,9 +596,9 @@ def _stage_observations(batch: Batch, host: str, key: str, start: int, data: byt
         else:
             obs["source_path"], obs["byte_offset"] = key, pos
             batch.observations.append(obs)
-            for source, text in obs.pop("_embedded"):
+            for source, data in obs.pop("_embedded"):
                 idx = batch.add_file(host, source, f"{key}#{pos}:{source}")
-                batch.chunks.append(_text_table(batch, idx, [(pos, text.encode("utf-8"))]))
+                batch.chunks.append(_text_table(batch, idx, [(pos, data)]))
         pos += len(raw)
 
 
@@ -796,9 +808,20 @@ def _insert_rejects(
     stats: LoadStats,
 ) -> None:
     """Rejects keyed by host, file name, offset and bytes: re-reading a replaced file, or the
-    same mirror from another directory (moved, copied), does not repeat them."""
+    same mirror from another directory (moved, copied), does not repeat them. A state file
+    carried by an observation (`...observations.jsonl#OFFSET:state_file`) is keyed by host,
+    kind and bytes: the same bad state file seen at every collection is one reject."""
     import pyarrow as pa
 
+    seen: set[tuple[object, ...]] = set()
+    unique = []
+    for r in rows:
+        kind = r[1].rpartition("#")[2].partition(":")[2] if "#" in r[1] else None
+        key = (r[0], kind, r[4]) if kind else (r[0], r[1], r[2], r[4])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    rows = unique
     if not rows:
         return
     table = pa.table(
@@ -816,9 +839,13 @@ def _insert_rejects(
         INSERT INTO rejects
         SELECT t.host, t.source_path, t.byte_offset, t.reason, t.line, ? FROM reject_rows t
         WHERE NOT EXISTS (SELECT 1 FROM rejects r WHERE r.host IS NOT DISTINCT FROM t.host
-                          AND r.byte_offset = t.byte_offset AND r.line = t.line
-                          AND regexp_extract(r.source_path, '[^/]*$')
-                              = regexp_extract(t.source_path, '[^/]*$'))
+                          AND r.line = t.line
+                          AND (r.byte_offset = t.byte_offset
+                               AND regexp_extract(r.source_path, '[^/]*$')
+                                   = regexp_extract(t.source_path, '[^/]*$')
+                               OR regexp_extract(t.source_path, '#[0-9]+:([a-z_]+)$', 1) <> ''
+                               AND regexp_extract(r.source_path, '#[0-9]+:([a-z_]+)$', 1)
+                                   = regexp_extract(t.source_path, '#[0-9]+:([a-z_]+)$', 1)))
         """,
         [now],
     ).fetchone()

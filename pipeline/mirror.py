@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,15 @@ class Cursor:
     window: bytes = b""  # the last min(WINDOW, offset) bytes before offset (remote.WINDOW)
     history_size: int = 0  # mirror history.jsonl size when committed
     observations_size: int = 0  # mirror observations.jsonl size when committed
+    # the last rotated file pulled to its end (a restart does not pull it again)
+    done_inode: int = 0
+    done_offset: int = 0
+    done_window: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["window"] = self.window.hex()
+        data["done_window"] = self.done_window.hex()
         return data
 
     @classmethod
@@ -48,7 +53,14 @@ class Cursor:
             window=bytes.fromhex(data["window"]),
             history_size=int(data["history_size"]),
             observations_size=int(data["observations_size"]),
+            done_inode=int(data.get("done_inode", 0)),  # absent in cursors saved before
+            done_offset=int(data.get("done_offset", 0)),
+            done_window=bytes.fromhex(data.get("done_window", "")),
         )
+
+    @property
+    def done(self) -> tuple[int, int, bytes]:
+        return (self.done_inode, self.done_offset, self.done_window)
 
 
 class Mirror:
@@ -62,6 +74,10 @@ class Mirror:
         if not path.is_dir():
             path.mkdir(parents=True, exist_ok=True)
             _fsync_dir(path.parent)
+            # A cursor from the start: bytes of a first collection that dies before its
+            # commit are then cut off, and a directory with data but no cursor is one whose
+            # cursor was removed by hand (read_cursor keeps what it holds).
+            self.save_cursor(host, Cursor())
         return path
 
     @contextlib.contextmanager
@@ -81,16 +97,16 @@ class Mirror:
         try:
             cursor = Cursor.from_json(json.loads((d / CURSOR).read_text()))
         except FileNotFoundError:
-            cursor = Cursor()
+            # removed by hand (or a mirror laid out by hand): the mirror keeps every byte
+            # it holds, and the host is read afresh (its runs are not stored twice)
+            cursor = Cursor(
+                history_size=_size(d / HISTORY), observations_size=_size(d / OBSERVATIONS)
+            )
         if _size(d / HISTORY) < cursor.history_size:
             # The mirror lost bytes the cursor covers (deleted by hand): pull again.
             cursor = Cursor(observations_size=cursor.observations_size)
-        cursor = Cursor(
-            cursor.inode,
-            cursor.offset,
-            cursor.window,
-            cursor.history_size,
-            min(_size(d / OBSERVATIONS), cursor.observations_size),
+        cursor = replace(
+            cursor, observations_size=min(_size(d / OBSERVATIONS), cursor.observations_size)
         )
         self.truncate_uncommitted(host, cursor)
         return cursor
@@ -118,8 +134,8 @@ class Mirror:
     def save_cursor(self, host: str, cursor: Cursor) -> Cursor:
         """Commit `cursor` together with the current (already fsynced) mirror sizes."""
         d = self.host_dir(host)
-        committed = Cursor(
-            cursor.inode, cursor.offset, cursor.window, _size(d / HISTORY), _size(d / OBSERVATIONS)
+        committed = replace(
+            cursor, history_size=_size(d / HISTORY), observations_size=_size(d / OBSERVATIONS)
         )
         tmp = d / (CURSOR + ".tmp")
         with open(tmp, "w") as fh:

@@ -8,6 +8,7 @@ No line raises: whatever is wrong with it is its reject reason.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -29,7 +30,9 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "uptime_s": (int,),
 }
 _INT_RANGE = {"uptime_s": (0, 2**63 - 1)}  # observations.uptime_s is a BIGINT
-_EMBEDDED = ("state_file", "state_file_path", "legacy_summary", "legacy_summary_path")
+_EMBEDDED = (
+    "state_file", "state_file_b64", "state_file_path", "legacy_summary", "legacy_summary_path",
+)  # fmt: skip
 
 
 def parse_observation(raw: bytes, host: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -114,13 +117,21 @@ def _json_type(value: Any) -> str:
     return "array"
 
 
-def _embedded_runs(obj: dict[str, Any]) -> list[tuple[str, str]]:
-    """(source, text) of the run records an observation carries."""
+def _embedded_runs(obj: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """(source, bytes) of the run records an observation carries. A state file that is
+    not UTF-8 comes as `state_file_b64` (its exact bytes, which the run parser rejects)."""
     found = []
     if isinstance(obj.get("state_file"), str) and obj["state_file"].strip():
-        found.append(("state_file", obj["state_file"]))
+        found.append(("state_file", obj["state_file"].encode("utf-8")))
+    elif isinstance(obj.get("state_file_b64"), str):
+        try:
+            raw = base64.b64decode(obj["state_file_b64"], validate=True)
+        except ValueError:  # binascii.Error: not base64, so not the collector's
+            raw = b""
+        if raw.strip():
+            found.append(("state_file", raw))
     if isinstance(obj.get("legacy_summary"), str):
         record = records.legacy_summary_record(obj["legacy_summary"])
         if record is not None:
-            found.append(("legacy_summary", json.dumps(record)))
+            found.append(("legacy_summary", json.dumps(record).encode("utf-8")))
     return found

@@ -8,6 +8,7 @@ bytes of any content cross unambiguously in the same stream as the small facts.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import shlex
@@ -28,6 +29,8 @@ set -f
 exec </dev/null
 LC_ALL=C; export LC_ALL
 O=$1; I=$2; C=$3; W=$4
+# the last rotated file pulled to its end: inode, size, cksum of its last PW bytes
+P=${5:-0}; PO=${6:-0}; PC=${7:-0}; PW=${8:-0}
 H=/var/log/puppet_run_history.jsonl
 R="$H.1"
 printf 'FLEETSTATE-REPORT 1\n'
@@ -49,11 +52,14 @@ if command -v sha256sum >/dev/null 2>&1; then SHA=sha256sum
 elif command -v shasum >/dev/null 2>&1; then SHA='shasum -a 256'
 else SHA='openssl dgst -sha256 -r'; fi
 hash1() { set -- $($SHA <"$1" 2>/dev/null); echo "${1:-}"; }
-anchor_ok() {
-  [ "$W" -eq 0 ] && return 0
-  set -- $(tail -c +"$((O - W + 1))" "$1" 2>/dev/null | head -c "$W" | cksum)
-  [ "${1:-x}" = "$C" ]
+# window_ok FILE OFFSET CRC LEN: the LEN bytes before OFFSET have cksum CRC
+window_ok() {
+  [ "$4" -eq 0 ] && return 0
+  c=$3
+  set -- $(tail -c +"$(($2 - $4 + 1))" "$1" 2>/dev/null | head -c "$4" | cksum)
+  [ "${1:-x}" = "$c" ]
 }
+anchor_ok() { window_ok "$1" "$O" "$C" "$W"; }
 OS=$(uname -s 2>/dev/null)
 if [ "$OS" = Darwin ]; then
   OVR=/opt/puppet_environments/ronin_settings; V=/var/root/vault.yaml
@@ -115,6 +121,9 @@ else
     set -- $(st "$R"); rino=${1:-0}; rsize=${2:-0}
     if [ "$I" -ne 0 ] && [ "$rsize" -ge "$O" ] && anchor_ok "$R"; then
       sec mode rotated; rskip=$O
+    elif [ "$P" -ne 0 ] && [ "$rino" = "$P" ] && [ "$rsize" -ge "$PO" ] &&
+         window_ok "$R" "$PO" "$PC" "$PW"; then
+      sec mode restart; rskip=$PO  # .1 is the file pulled to its end before: what follows
     else
       sec mode restart; rskip=0
     fi
@@ -124,7 +133,11 @@ else
   else sec mode restart; fi
 fi
 sec hist_ino "$hino"; sec hist_start "$start"
-if [ "$hino" != 0 ]; then bsec hist "$H" "$start" "$((hsize - start))"; fi
+if [ "$hino" != 0 ]; then
+  bsec hist "$H" "$start" "$((hsize - start))"
+  # rotated since it was stat'ed: the bytes may be another file's (the collector drops them)
+  set -- $(st "$H"); sec hist_ino_after "${1:-0}"
+fi
 sec end ""
 """
 
@@ -135,12 +148,17 @@ class ReportError(ValueError):
     """The remote output is not a well-formed report."""
 
 
-def build_command(offset: int, inode: int, crc: int, window: int) -> str:
-    """The exec line: fixed script, quoted, plus four validated integers."""
-    for value in (offset, inode, crc, window):
+def build_command(
+    offset: int, inode: int, crc: int, window: int, done: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> str:
+    """The exec line: fixed script, quoted, plus eight validated integers: the cursor
+    (offset, inode, cksum and length of its window) and the last rotated file pulled to
+    its end (inode, size, cksum and length of its last bytes)."""
+    values = (offset, inode, crc, window, *done)
+    for value in values:
         if type(value) is not int or value < 0:
             raise ValueError(f"remote arguments must be non-negative integers, got {value!r}")
-    args = " ".join(str(v) for v in (offset, inode, crc, window))
+    args = " ".join(str(v) for v in values)
     return f"/bin/sh -c {shlex.quote(SCRIPT)} fleetstate {args}"
 
 
@@ -205,6 +223,14 @@ class Pull:
     mode: str
     facts: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # reachable, but the history could not be pulled
+    # the last rotated file pulled to its end (inode, size, its last bytes): a restart
+    # while it is still .1 does not pull it again
+    done: tuple[int, int, bytes] = (0, 0, b"")
+
+    @property
+    def moves_cursor(self) -> bool:
+        """False when the cursor must stay (history unreadable, or rotated mid-read)."""
+        return self.error is None and self.inode >= 0
 
 
 def whole_lines(data: bytes) -> bytes:
@@ -212,32 +238,44 @@ def whole_lines(data: bytes) -> bytes:
     return data[: data.rfind(b"\n") + 1]
 
 
-def interpret(sections: dict[str, bytes], window: bytes) -> Pull:
+def interpret(
+    sections: dict[str, bytes], window: bytes, done: tuple[int, int, bytes] = (0, 0, b"")
+) -> Pull:
     """Turn a report into the history bytes to append and the next cursor.
 
     `window` is the cursor's bytes before its offset: the next window continues it
-    when the same file is read on.
+    when the same file is read on; `done` is the rotated file last pulled to its end.
     """
     mode = _text(sections, "mode") or "first"
     unreadable = _text(sections, "unreadable")
     if unreadable:  # keep the cursor: pull once the permissions are fixed
         user = "uid " + (_text(sections, "uid") or "?")
         error = f"history not readable by the login user ({user}): {unreadable}"
-        return Pull(b"", -1, -1, window, "unreadable", _facts(sections), error)
+        return Pull(b"", -1, -1, window, "unreadable", _facts(sections), error, done)
     history, inode, offset, new_window = b"", 0, 0, b""
     if "rot" in sections:
         raw = sections["rot"].rstrip(b"\0")  # the padding, or a crash's NULs at the end
-        inode, offset = _int(sections, "rot_ino"), _int(sections, "rot_skip") + len(raw)
-        new_window = ((window if mode == "rotated" else b"") + raw)[-WINDOW:]
+        skip = _int(sections, "rot_skip")
+        inode, offset = _int(sections, "rot_ino"), skip + len(raw)
+        before = window if mode == "rotated" else done[2] if skip else b""
+        new_window = (before + raw)[-WINDOW:]
+        done = (inode, offset, new_window)
         # A finished file's torn last line is kept, terminated, so the loader rejects it.
         history += raw + (b"\n" if raw and not raw.endswith(b"\n") else b"")
     hist_ino = _int(sections, "hist_ino")
+    if hist_ino and _int(sections, "hist_ino_after") not in (0, hist_ino):
+        # The history was rotated while being read: the bytes may be the new file's, read
+        # from the old one's offset. Dropped; the next collection finds the file rotated
+        # and reads it from the cursor (what was taken of .1 before it counts).
+        if "rot" not in sections:
+            return Pull(b"", -1, -1, window, "rotating", _facts(sections), None, done)
+        return Pull(history, inode, offset, new_window, "rotating", _facts(sections), None, done)
     if hist_ino:
         taken = whole_lines(sections.get("hist", b""))
         inode, offset = hist_ino, _int(sections, "hist_start") + len(taken)
         new_window = ((window if mode == "append" else b"") + taken)[-WINDOW:]
         history += taken
-    return Pull(history, inode, offset, new_window, mode, _facts(sections))
+    return Pull(history, inode, offset, new_window, mode, _facts(sections), None, done)
 
 
 def _text(sections: dict[str, bytes], name: str) -> str | None:
@@ -283,7 +321,9 @@ def _facts(sections: dict[str, bytes]) -> dict[str, Any]:
         "vault_sha": _text(sections, "vault_sha"),
         "vault_path": _text(sections, "vault_path"),
         "uptime_s": int(uptime) if uptime and _INT.match(uptime) else None,
-        "state_file": _decode(state),
+        "state_file": _decode(state) if _is_utf8(state) else None,
+        # not UTF-8: its exact bytes, so the loader rejects them as they are on the host
+        "state_file_b64": None if _is_utf8(state) else _base64(state),
         "state_file_path": _text(sections, "state_path"),
         "legacy_summary": _decode(legacy),
         "legacy_summary_path": _text(sections, "legacy_path"),
@@ -294,6 +334,20 @@ def _decode(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     return raw.rstrip(b"\0").decode("utf-8", "replace")
+
+
+def _is_utf8(raw: bytes | None) -> bool:
+    if raw is None:
+        return True
+    try:
+        raw.rstrip(b"\0").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _base64(raw: bytes | None) -> str | None:
+    return None if raw is None else base64.b64encode(raw.rstrip(b"\0")).decode("ascii")
 
 
 def sha256_hex(data: bytes) -> str:

@@ -39,14 +39,16 @@ HOSTILE = [
     "-oProxyCommand=sh",
     "ünïcode",
 ]
-COMMAND = re.compile(r"/bin/sh -c (?P<script>'.*') fleetstate (\d+) (\d+) (\d+) (\d+)", re.S)
+COMMAND = re.compile(r"/bin/sh -c (?P<script>'.*') fleetstate" + r" (\d+)" * 8, re.S)
 
 
-def test_command_is_the_fixed_script_plus_four_integers() -> None:
-    cmd = build_command(123, 456, 789, 1024)
+def test_command_is_the_fixed_script_plus_eight_integers() -> None:
+    cmd = build_command(123, 456, 789, 1024, (7, 8, 9, 10))
     m = COMMAND.fullmatch(cmd)
-    assert m and m.groups()[1:] == ("123", "456", "789", "1024")
-    assert shlex.split(cmd) == ["/bin/sh", "-c", SCRIPT, "fleetstate", "123", "456", "789", "1024"]
+    assert m and m.groups()[1:] == ("123", "456", "789", "1024", "7", "8", "9", "10")
+    assert shlex.split(cmd) == [
+        "/bin/sh", "-c", SCRIPT, "fleetstate", "123", "456", "789", "1024", "7", "8", "9", "10"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", ["1", "1; id", -1, 1.5, True, None, 10**3 * -1])
@@ -55,6 +57,8 @@ def test_command_refuses_anything_but_non_negative_integers(bad: object) -> None
         build_command(bad, 0, 0, 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         build_command(0, 0, 0, bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        build_command(0, 0, 0, 0, (0, 0, bad, 0))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -76,7 +80,7 @@ def test_any_history_content_gives_the_same_script_and_integers_only(
     m = COMMAND.fullmatch(cmd)
     assert m and shlex.split(m.group("script")) == [SCRIPT]
     assert m.groups()[1:] == tuple(
-        str(v) for v in (cursor.offset, inode, posix_cksum(window), len(window))
+        str(v) for v in (cursor.offset, inode, posix_cksum(window), len(window), 0, 0, 0, 0)
     )
 
 
