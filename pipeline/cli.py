@@ -152,6 +152,8 @@ def ingest(
 
     if from_dir is None and not targets:
         raise typer.BadParameter("give host names or host-list files, or --from DIR")
+    if from_dir is not None and targets:  # --from is instead of SSH: not both
+        raise typer.BadParameter("give host names or --from DIR, not both", param_hint="--from")
     failed: dict[str, str] = {}
     if targets:
         from pipeline import collect
@@ -222,7 +224,10 @@ def status(
     """
     from pipeline import filters, monitor
 
-    query = filters.parse(filter_)
+    try:
+        query = filters.parse(filter_)
+    except FleetstateError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--filter") from None
     monitor.emit_status(monitor.status(_open(), query), fmt.value)
 
 
@@ -254,7 +259,10 @@ def rollout(
     ] = 24,
     part: Annotated[
         Part | None,
-        typer.Option(help="One part (default hosts); 'report': everything as one json object."),
+        typer.Option(
+            help="One part (json/csv default hosts, table default everything); "
+            "'report': everything as one json object."
+        ),
     ] = None,
     watch: Annotated[
         bool, typer.Option(help="Ingest, refresh, repeat until complete (or --min met).")
@@ -296,6 +304,12 @@ def rollout(
         raise typer.BadParameter(
             "only with --watch", param_hint="--from/--ingest/--iterations/--interval"
         )
+    if part is not None and part.value == "report" and fmt is not Format.json:
+        raise typer.BadParameter(
+            "'report' is one json object: with --format json", param_hint="--part"
+        )
+    if from_dir is not None and ingest_targets:
+        raise typer.BadParameter("--from DIR or --ingest TARGET, not both", param_hint="--from")
     ingesting = watch and (from_dir is not None or bool(ingest_targets))
     refreshes = 0
     shown: Rollout | None = None  # json and csv: the refresh stdout has not had yet
@@ -420,7 +434,10 @@ def drift(
 
     if host is not None and part is not DriftPart.intervals:
         raise typer.BadParameter("only with --part intervals", param_hint="--host")
-    since_s = parse_duration(since)
+    try:
+        since_s = parse_duration(since)
+    except FleetstateError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
     if since_s == 0:
         raise typer.BadParameter("a duration longer than 0 (30d, 12h, 2w)", param_hint="--since")
     con = _open()
@@ -477,7 +494,8 @@ def rebuild(
     from pipeline import load, warehouse
 
     if not mirror.is_dir():
-        raise FleetstateError(f"mirror directory {mirror} does not exist; nothing to rebuild from")
+        what = "is not a directory" if mirror.exists() else "does not exist"
+        raise FleetstateError(f"mirror directory {mirror} {what}; nothing to rebuild from")
     have = {host for host, _ in load.discover(mirror)}
 
     def keeps_every_host(old: duckdb.DuckDBPyConnection) -> None:

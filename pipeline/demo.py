@@ -116,19 +116,29 @@ def _sample_workers(
     return pools
 
 
+# the tables whose rows only an ingest brings (names from this list, not input)
+_REAL_DATA = (
+    "runs", "observations", "rejects", "load_cursors", "git_commits", "worker_activity",
+)  # fmt: skip
+
+
 def _refuse_real_warehouse(db: Path) -> None:
     if not db.exists() or (db.is_file() and db.stat().st_size == 0):
         return  # nothing in it to lose
     con = warehouse.connect(db, read_only=True)
     try:
         found = con.execute("SELECT value FROM meta WHERE key = 'made_by'").fetchall()
-        made_by = found[0] if found else None
-        runs = con.execute("SELECT count(*) FROM runs").fetchall()[0]
+        made_by = found[0][0] if found else None
+        # anything collected or loaded: observations of hosts never reached, rejects, ...
+        held = con.execute(
+            " UNION ALL ".join(f"SELECT count(*) FROM (FROM {t} LIMIT 1)" for t in _REAL_DATA)  # noqa: S608
+        ).fetchall()
+        has_data = any(n for (n,) in held)
     except Exception:  # noqa: BLE001 -- an unreadable or foreign file is not ours to delete
-        made_by, runs = None, (1,)
+        made_by, has_data = None, True
     finally:
         con.close()
-    if (made_by is None or made_by[0] != "demo") and runs and runs[0]:
+    if made_by != "demo" and has_data:
         raise FleetstateError(
             f"{db} holds real data; run the demo elsewhere: fleetstate --db demo.duckdb demo"
         )

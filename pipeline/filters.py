@@ -2,9 +2,10 @@
 
 Each space-separated term is `column OP value` (OP one of = != ~ > < >= <=) and all
 must hold; `a|b` means either; an empty value means missing; on age columns a value
-is a duration (`20h`, `2d`). Terms compile to a SQL WHERE clause over host_state's
-typed columns: column names come from the fixed table below, values are always `?`
-parameters, never text pasted into SQL.
+is a duration (`20h`, `2d`). After `~` the whole value is one regular expression in
+DuckDB's dialect (RE2), which is where `|` means either. Terms compile to a SQL WHERE
+clause over host_state's typed columns: column names come from the fixed table below,
+values are always `?` parameters, never text pasted into SQL.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def parse(text: str) -> Query:
             )
         name, op, raw = m.groups()
         column, kind = _column(name)
-        parts = [_alternative(column, kind, op, v, query.params) for v in raw.split("|")]
+        values = [raw] if op == "~" else raw.split("|")  # a pattern has its own `|`
+        parts = [_alternative(column, kind, op, v, query.params) for v in values]
         joiner = " AND " if op == "!=" else " OR "
         query.where.append("coalesce(" + joiner.join(parts) + ", false)")
     return query
@@ -83,16 +85,24 @@ def _alternative(column: str, kind: str, op: str, raw: str, params: list[Any]) -
             raise FleetstateError(f"an empty value (missing) only goes with = or != ({column})")
         return f"({column} IS {'NOT ' if op == '!=' else ''}NULL)"
     if op == "~":
-        try:
-            re.compile(raw)
-        except re.error as exc:
-            raise FleetstateError(f"bad pattern {raw!r}: {exc}") from exc
+        _check_pattern(raw)
         params.append(raw)
         return f"regexp_matches(CAST({column} AS VARCHAR), ?, 'i')"
     params.append(_typed(kind, raw))
     if kind == "sha" and op in ("=", "!="):
         return f"({'NOT ' if op == '!=' else ''}starts_with({column}, ?))"
     return f"({column} {_OPS[op]} ?)"
+
+
+def _check_pattern(raw: str) -> None:
+    """The pattern compiled by the engine that runs it (RE2, not Python's re)."""
+    import duckdb
+
+    try:
+        duckdb.connect().execute("SELECT regexp_matches('', ?, 'i')", [raw])
+    except duckdb.Error as exc:
+        reason = str(exc).split("\n")[0].split(": ", 1)[-1]
+        raise FleetstateError(f"bad pattern {raw!r}: {reason}") from None
 
 
 def _typed(kind: str, raw: str) -> Any:

@@ -146,7 +146,8 @@ ProgressFn = Callable[[LoadStats], None]
 def discover(mirror_dir: Path, hosts: list[str] | None = None) -> list[tuple[str, Path]]:
     """(host, host directory) for every host directory in the mirror, sorted."""
     if not mirror_dir.is_dir():
-        raise LoadError(f"mirror directory {mirror_dir} does not exist")
+        what = "is not a directory" if mirror_dir.exists() else "does not exist"
+        raise LoadError(f"mirror directory {mirror_dir} {what}")
     wanted = set(hosts) if hosts is not None else None
     found = []
     for d in sorted(mirror_dir.iterdir()):
@@ -252,7 +253,8 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
             if path.name not in names:
                 continue
             try:
-                if not path.is_file():
+                if not path.is_file():  # a directory or FIFO where a file should be
+                    problems.append(f"{path}: not a regular file")
                     continue
                 key = str(path.resolve())
                 linked = hdir.is_symlink() or path.is_symlink()

@@ -66,38 +66,44 @@ def _flat(frame: pl.DataFrame) -> pl.DataFrame:
 
 def emit_rollout_depth(r: analytics.Rollout, fmt: str, part: str | None = None) -> None:
     """json/csv: one part as an array (hosts by default), or with part 'report' (json) the
-    whole document as one object;
-    table: summary, convergence, curve chart, roles, stragglers, hosts."""
+    whole document as one object; table: everything (summary, convergence, curve chart,
+    roles, stragglers, hosts), or the one part asked for."""
     if fmt == "json" and part == "report":
         sys.stdout.write(json.dumps(rollout_document(r), indent=2) + "\n")
         return
     if fmt in ("json", "csv"):
-        frame: pl.DataFrame = getattr(r, part if part not in (None, "report") else "hosts")
+        frame: pl.DataFrame = getattr(r, part or "hosts")
         render.emit(_flat(frame) if fmt == "csv" else frame, fmt)
         return
-    for line in rollout_text(r):
+    everything = part in (None, "report")
+    sections = [
+        (everything or part == "summary", _summary_lines(r)),
+        (everything or part == "curve", _curve_lines(r)),
+        (everything or part == "roles", _role_lines(r)),
+    ]
+    text = [line for wanted, lines in sections if wanted for line in lines]
+    for line in text[1:] if text and text[0] == "" else text:
         print(line)
-    if part in (None, "report", "stragglers") and r.stragglers.height:
-        print("\nstragglers (longest waiting first)")
-        render.emit(_stragglers_table(r.stragglers), "table",
-                    styles={"status": lambda v: _STATUS_STYLE.get(v)})  # fmt: skip
-    if part in (None, "report", "hosts"):
-        print()
-        render.emit(_hosts_table(r.hosts), "table",
-                    styles={"status": lambda v: _STATUS_STYLE.get(v)})  # fmt: skip
+    styles = {"status": lambda v: _STATUS_STYLE.get(v)}
+    if (everything or part == "stragglers") and r.stragglers.height:
+        print("\nstragglers (longest waiting first)" if everything else "stragglers")
+        render.emit(_stragglers_table(r.stragglers), "table", styles=styles)
+    if everything or part == "hosts":
+        if everything:
+            print()
+        render.emit(_hosts_table(r.hosts), "table", styles=styles)
 
 
 def _dur(seconds: Any) -> str:
     return "-" if seconds is None else render.age(seconds)
 
 
-def rollout_text(r: analytics.Rollout) -> list[str]:
-    """The header, convergence figures, curve and role bars of the table view."""
+def _summary_lines(r: analytics.Rollout) -> list[str]:
     s = r.summary.row(0, named=True)
     subject = s["subject"] if s["subject"] is not None else "(commit graph not loaded)"
     subject = render.printable(subject)  # a commit subject is anyone's text
     authored = render._jsonable(s["author_time"]) or "-"
-    lines = [
+    return [
         f"commit {s['sha']}  {subject}",
         f"authored {authored}  first seen {render._jsonable(s['first_seen']) or 'never'}"
         + (f"  branches {render.printable(' '.join(s['branches']))}" if s["branches"] else ""),
@@ -107,23 +113,29 @@ def rollout_text(r: analytics.Rollout) -> list[str]:
         f"time to converge since first seen: p50 {_dur(s['p50_converge_s'])}, "
         f"p90 {_dur(s['p90_converge_s'])}, max {_dur(s['max_converge_s'])}",
     ]
-    if r.curve.height:
-        first, last = r.curve["hour"][0], r.curve["hour"][-1]
-        lines += ["", "converged hosts by hour"]
-        lines += charts.curve(
-            r.curve["converged"].to_list(), max(s["hosts"], 1),
-            first.strftime("%m-%d %H:%M"), last.strftime("%m-%d %H:%M"),
-        )  # fmt: skip
-    if r.roles.height:
-        lines += ["", "converged by role"]
-        # roles come from hosts; a host without one is not a role named "None"
-        roles = [render.printable(x) if x is not None else "(no role)" for x in r.roles["role"]]
-        lines += charts.hbars(
-            roles, r.roles["pct_converged"].to_list(), width=30,
-            top=100, notes=[f"{c}/{h}" for c, h in zip(r.roles["converged"], r.roles["hosts"],
-                                                     strict=True)],
-        )  # fmt: skip
-    return lines
+
+
+def _curve_lines(r: analytics.Rollout) -> list[str]:
+    if not r.curve.height:
+        return []
+    hosts = r.summary.row(0, named=True)["hosts"]
+    first, last = r.curve["hour"][0], r.curve["hour"][-1]
+    return ["", "converged hosts by hour"] + charts.curve(
+        r.curve["converged"].to_list(), max(hosts, 1),
+        first.strftime("%m-%d %H:%M"), last.strftime("%m-%d %H:%M"),
+    )  # fmt: skip
+
+
+def _role_lines(r: analytics.Rollout) -> list[str]:
+    if not r.roles.height:
+        return []
+    # roles come from hosts; a host without one is not a role named "None"
+    roles = [render.printable(x) if x is not None else "(no role)" for x in r.roles["role"]]
+    return ["", "converged by role"] + charts.hbars(
+        roles, r.roles["pct_converged"].to_list(), width=30,
+        top=100, notes=[f"{c}/{h}" for c, h in zip(r.roles["converged"], r.roles["hosts"],
+                                                 strict=True)],
+    )  # fmt: skip
 
 
 def _stragglers_table(frame: pl.DataFrame) -> pl.DataFrame:

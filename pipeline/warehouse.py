@@ -104,7 +104,7 @@ def _open_waiting(
     """duckdb.connect, waiting up to `wait_s` (FLEETSTATE_LOCK_WAIT_S, 5 s) while another
     process holds the file's lock, then a clear error; other failures are DuckDB's."""
     if wait_s is None:
-        raw = os.environ.get("FLEETSTATE_LOCK_WAIT_S", "5")
+        raw = os.environ.get("FLEETSTATE_LOCK_WAIT_S", "").strip() or "5"  # empty: unset
         try:
             wait_s = float(raw)
         except ValueError:

@@ -113,7 +113,7 @@ def test_status_filter_on_typed_values(sample: tuple[Path, samplefleet.SampleSum
     ages = [r["pp_age_s"] for r in talos]
     assert ages == sorted(ages, reverse=True)
     bad = fs(db, "status", "--filter", "nosuch=1")
-    assert bad.returncode == 1 and "unknown filter column" in bad.stderr
+    assert bad.returncode == 2 and "unknown filter column" in bad.stderr  # usage
 
 
 def test_rollout_matches_the_sample_ground_truth(
@@ -186,7 +186,7 @@ def test_drift_json_and_since(sample: tuple[Path, samplefleet.SampleSummary]) ->
         week[0]
     )
     bad = fs(db, "drift", "--since", "soon")
-    assert bad.returncode == 1 and "not a duration" in bad.stderr
+    assert bad.returncode == 2 and "not a duration" in bad.stderr  # usage
 
 
 def test_sql_is_read_only(sample: tuple[Path, samplefleet.SampleSummary]) -> None:

@@ -123,12 +123,12 @@ def test_resolve_host_names_hosts_that_differ_only_in_case_as_ambiguous(
     con: duckdb.DuckDBPyConnection, tmp_path: Path
 ) -> None:
     """`history` takes 'any case', but with Web1.example.com and web1.example.com both in the
-    warehouse (mirror directories are taken as named), WEB1.EXAMPLE.COM silently resolves to
+    warehouse (loaded from two mirrors), WEB1.EXAMPLE.COM silently resolves to
     whichever sorts first instead of being reported as ambiguous."""
-    mirror = tmp_path / "m"
-    for host in ("Web1.example.com", "web1.example.com"):
-        write_history(mirror, host, line(record(run_id=host, host=host)))
-    load.load_mirror(con, mirror)
+    for i, host in enumerate(("Web1.example.com", "web1.example.com")):
+        # two mirrors: one mirror's directories differing only in case are one host
+        write_history(tmp_path / f"m{i}", host, line(record(run_id=host, host=host)))
+        load.load_mirror(con, tmp_path / f"m{i}")
     assert report.resolve_host(con, "web1.example.com") == "web1.example.com"
     with pytest.raises(FleetstateError, match="ambiguous"):
         report.resolve_host(con, "WEB1.EXAMPLE.COM")
