@@ -11,6 +11,7 @@ its own connection (load_mirror). docs/performance.md has the numbers.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -706,20 +707,25 @@ def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) ->
             "FROM fast f JOIN staged_files sf USING (file_idx) WHERE false"
         )
     hosts = [f[1] for f in batch.files]
-    batch.stats.runs_added += _insert_new_runs(con, now, min(hosts), max(hosts))
+    added, conflicts = _insert_new_runs(con, now, min(hosts), max(hosts))
+    batch.stats.runs_added += added
     _reject_slow_lines(con, batch, now)
+    _reject_conflicts(con, conflicts, now, batch.stats)
     con.execute("DROP TABLE fast")
     con.execute("DROP TABLE slow")
 
 
 def _insert_new_runs(
     con: duckdb.DuckDBPyConnection, now: datetime, first_host: str, last_host: str
-) -> int:
+) -> tuple[int, list[tuple[str, str, str, int, str, int]]]:
     """Insert the valid rows of `fast` and `slow` whose (host, run_id) is new; return how
-    many runs the warehouse gained. Of one identity, the history line wins over the state
-    file, and that over puppet's summary, then the first by offset: within the batch, and
-    against a copy already stored (a state file read before its history line arrived is
-    replaced by the line), so the warehouse is the same however the bytes arrived.
+    many runs the warehouse gained, and the records not stored because their run_id is
+    another record's with other content (host, run_id, where, where the kept one is).
+
+    Of one identity, the history line wins over the state file, and that over puppet's
+    summary, then the first by offset: within the batch, and against a copy already
+    stored (a state file read before its history line arrived is replaced by the line),
+    so the warehouse is the same however the bytes arrived.
 
     Repeats are rare, so they are looked for by a hash of the identity: hashes seen twice
     in the batch or already in `runs` (within the batch's host range, given as constants
@@ -735,6 +741,7 @@ def _insert_new_runs(
         f"SELECT {cols}, hash(host, run_id) AS h FROM slow WHERE reason IS NULL"
     )
     rank = "CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END"
+    content = f"hash({', '.join(CONTENT_COLUMNS)})"  # names from records, not input
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE repeats AS
@@ -746,18 +753,27 @@ def _insert_new_runs(
             WHERE host BETWEEN ? AND ? AND hash(host, run_id) IN (SELECT h FROM hashes)
         ),
         candidates AS (
-            SELECT host, run_id, source_path, byte_offset, {rank} AS rank,
-                row_number() OVER (PARTITION BY host, run_id
-                                   ORDER BY {rank}, byte_offset, source_path) AS nth
+            SELECT host, run_id, source_path, byte_offset, {rank} AS rank, {content} AS content,
+                row_number() OVER first AS nth,
+                first_value({{'content': {content}, 'path': source_path, 'offset': byte_offset}})
+                    OVER first AS winner
             FROM ({valid}) WHERE h IN (SELECT h FROM suspect)
+            WINDOW first AS (PARTITION BY host, run_id ORDER BY {rank}, byte_offset, source_path)
         ),
         stored AS (
-            SELECT host, run_id, {rank} AS rank FROM runs
+            SELECT host, run_id, {rank} AS rank, {content} AS content, source_path, byte_offset
+            FROM runs
             WHERE host BETWEEN ? AND ? AND hash(host, run_id) IN (SELECT h FROM suspect)
         )
         SELECT c.host, c.run_id, c.source_path, c.byte_offset,
             c.nth > 1 OR coalesce(s.rank <= c.rank, false) AS skip,
-            c.nth = 1 AND coalesce(s.rank > c.rank, false) AS replaces
+            c.nth = 1 AND coalesce(s.rank > c.rank, false) AS replaces,
+            CASE WHEN coalesce(s.rank <= c.rank, false) THEN s.content ELSE c.winner.content END
+                <> c.content AS differs,
+            CASE WHEN coalesce(s.rank <= c.rank, false) THEN s.source_path
+                 ELSE c.winner.path END AS kept_path,
+            CASE WHEN coalesce(s.rank <= c.rank, false) THEN s.byte_offset
+                 ELSE c.winner.offset END AS kept_offset
         FROM candidates c LEFT JOIN stored s USING (host, run_id)
         """,  # noqa: S608 -- column names come from records.RUN_COLUMNS, not input
         [first_host, last_host, first_host, last_host],
@@ -782,8 +798,66 @@ def _insert_new_runs(
         f"INSERT INTO runs ({cols}, loaded_at) SELECT {cols}, ? FROM ({valid}) v {where}",  # noqa: S608
         [now],
     ).fetchone()
+    conflicts = (
+        con.execute(
+            "SELECT host, run_id, source_path, byte_offset, kept_path, kept_offset "
+            "FROM repeats WHERE skip AND differs ORDER BY host, source_path, byte_offset"
+        ).fetchall()
+        if skip
+        else []
+    )
     con.execute("DROP TABLE repeats")
-    return (int(row[0]) if row else 0) - replaced
+    return (int(row[0]) if row else 0) - replaced, conflicts
+
+
+# What a run is, beyond where it was read: two records of one (host, run_id) that differ
+# in these are two runs, and the one not stored is a reject (`extra` is left out: the
+# same unknown fields may be written in another order).
+CONTENT_COLUMNS = tuple(
+    c
+    for c in records.RUN_COLUMNS
+    if c not in ("host", "run_id", "source", "source_path", "byte_offset", "extra")
+)
+
+
+def _reject_conflicts(
+    con: duckdb.DuckDBPyConnection,
+    conflicts: list[tuple[str, str, str, int, str, int]],
+    now: datetime,
+    stats: LoadStats,
+) -> None:
+    """A record whose run_id another record with other content already has is not lost:
+    it goes to rejects with its bytes, read back from the mirror."""
+    rows = []
+    for host, run_id, path, offset, kept_path, kept_offset in conflicts:
+        reason = (
+            f"run_id {run_id[:80]} is already another record's, with other content "
+            f"(kept: byte {kept_offset} of {kept_path})"
+        )
+        rows.append((host, path, offset, reason, _record_bytes(path, offset)))
+    _insert_rejects(con, rows, now, stats)
+
+
+def _record_bytes(source_path: str, offset: int) -> bytes:
+    """The bytes of the record at `offset` of a mirror file, or of the state file an
+    observation carries (`...observations.jsonl#OFFSET:state_file`)."""
+    path, _, embedded = source_path.partition("#")
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            raw = fh.readline()
+    except OSError:
+        return b""
+    if not embedded:
+        return raw.rstrip(b"\n")
+    kind = embedded.partition(":")[2]  # state_file or legacy_summary
+    try:
+        obs = json.loads(raw)
+        if isinstance(obs.get(kind), str):
+            return str(obs[kind]).encode("utf-8").rstrip(b"\n")
+        return base64.b64decode(obs.get(f"{kind}_b64") or "").rstrip(b"\n")
+    except (ValueError, AttributeError):
+        return b""
 
 
 def _reject_slow_lines(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
