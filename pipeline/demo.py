@@ -13,9 +13,13 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import activity, analytics, load, monitor, samplefleet, views, warehouse
 from pipeline.errors import FleetstateError
+
+if TYPE_CHECKING:
+    import duckdb
 
 MARKER = ".fleetstate-demo"  # in a mirror the demo made: the next demo may replace it
 
@@ -25,7 +29,8 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
     end = datetime.now(UTC).replace(second=0, microsecond=0)
     summary = _replace_mirror(mirror, end)
     say(f"generated a sample fleet of {len(summary.hosts)} hosts in {mirror}")
-    with warehouse.rebuilding(db) as con:  # a demo warehouse open elsewhere is not removed
+    # checked again under the warehouse's lock: an ingest may have landed meanwhile
+    with warehouse.rebuilding(db, check=lambda old: _refuse_real_data(old, db)) as con:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('made_by', 'demo')")
         stats = load.load_mirror(con, mirror)
         # the sample's commit graph, as `ingest-git` would load it from a clone
@@ -123,9 +128,17 @@ _REAL_DATA = (
 
 
 def _refuse_real_warehouse(db: Path) -> None:
+    """Before any work: a warehouse holding real data is never replaced."""
     if not db.exists() or (db.is_file() and db.stat().st_size == 0):
         return  # nothing in it to lose
     con = warehouse.connect(db, read_only=True)
+    try:
+        _refuse_real_data(con, db)
+    finally:
+        con.close()
+
+
+def _refuse_real_data(con: duckdb.DuckDBPyConnection, db: Path) -> None:
     try:
         found = con.execute("SELECT value FROM meta WHERE key = 'made_by'").fetchall()
         made_by = found[0][0] if found else None
@@ -136,8 +149,6 @@ def _refuse_real_warehouse(db: Path) -> None:
         has_data = any(n for (n,) in held)
     except Exception:  # noqa: BLE001 -- an unreadable or foreign file is not ours to delete
         made_by, has_data = None, True
-    finally:
-        con.close()
     if made_by != "demo" and has_data:
         raise FleetstateError(
             f"{db} holds real data; run the demo elsewhere: fleetstate --db demo.duckdb demo"

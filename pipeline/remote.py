@@ -120,15 +120,17 @@ else
   if [ -f "$R" ]; then
     set -- $(st "$R"); rino=${1:-0}; rsize=${2:-0}
     if [ "$I" -ne 0 ] && [ "$rsize" -ge "$O" ] && anchor_ok "$R"; then
-      sec mode rotated; rskip=$O
+      sec mode rotated; rskip=$O; lead=$W
     elif [ "$P" -ne 0 ] && [ "$rino" = "$P" ] && [ "$rsize" -ge "$PO" ] &&
          window_ok "$R" "$PO" "$PC" "$PW"; then
-      sec mode restart; rskip=$PO  # .1 is the file pulled to its end before: what follows
+      sec mode restart; rskip=$PO; lead=$PW  # .1 pulled to its end before: what follows
     else
-      sec mode restart; rskip=0
+      sec mode restart; rskip=0; lead=0
     fi
-    sec rot_ino "$rino"; sec rot_skip "$rskip"
-    bsec rot "$R" "$rskip" "$((rsize - rskip))"
+    # read from LEAD bytes before the skip: the collector checks they are the window it
+    # knows, so a .1 replaced after the check above is never read on as if it were ours
+    sec rot_ino "$rino"; sec rot_skip "$rskip"; sec rot_lead "$lead"
+    bsec rot "$R" "$((rskip - lead))" "$((rsize - rskip + lead))"
   elif [ "$I" -eq 0 ]; then sec mode first
   else sec mode restart; fi
 fi
@@ -254,10 +256,17 @@ def interpret(
         return Pull(b"", -1, -1, window, "unreadable", _facts(sections), error, done)
     history, inode, offset, new_window = b"", 0, 0, b""
     if "rot" in sections:
-        raw = sections["rot"].rstrip(b"\0")  # the padding, or a crash's NULs at the end
-        skip = _int(sections, "rot_skip")
-        inode, offset = _int(sections, "rot_ino"), skip + len(raw)
+        data, skip = sections["rot"], _int(sections, "rot_skip")
         before = window if mode == "rotated" else done[2] if skip else b""
+        lead = _int(sections, "rot_lead")
+        if lead:
+            if lead != len(before) or data[:lead] != before:
+                # .1 was replaced (rotated again) after the script matched it: nothing of
+                # this read is ours; the cursor stays for the next collection to judge
+                return Pull(b"", -1, -1, window, "rotating", _facts(sections), None, done)
+            data = data[lead:]
+        raw = data.rstrip(b"\0")  # the padding, or a crash's NULs at the end
+        inode, offset = _int(sections, "rot_ino"), skip + len(raw)
         new_window = (before + raw)[-WINDOW:]
         done = (inode, offset, new_window)
         # A finished file's torn last line is kept, terminated, so the loader rejects it.

@@ -59,9 +59,11 @@ _BLOB_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 
 
 def blob_text(value: bytes) -> str:
-    """A BLOB (a reject's raw line) as text: UTF-8 kept, bytes that are not UTF-8 and
-    control characters as \\xNN, as DuckDB shows a BLOB."""
-    return value.decode("utf-8", errors="backslashreplace").translate(_BLOB_CONTROL)
+    """A BLOB (a reject's raw line) as text: UTF-8 kept, bytes that are not UTF-8, control
+    characters and the backslash as \\xNN, as DuckDB shows a BLOB (so the text tells
+    every byte)."""
+    escaped = value.replace(b"\\", b"\\x5c")  # a backslash too: `\x09` is not a TAB
+    return escaped.decode("utf-8", errors="backslashreplace").translate(_BLOB_CONTROL)
 
 
 def _iso_duration(span: timedelta) -> str:
@@ -136,9 +138,12 @@ def to_csv(frame: Frame) -> str:
     (Python's writer with LF line ends leaves a bare CR unquoted); a NUL, which no csv
     reader takes, as \\x00."""
     out = io.StringIO()
-    out.write(",".join(_csv_field(str(n)) for n in frame.columns) + "\n")
-    for row in frame.iter_rows(named=False):
-        out.write(",".join(_csv_field(str(_csv_value(v))) for v in row) + "\n")
+    for fields in (
+        [str(n) for n in frame.columns],
+        *([str(_csv_value(v)) for v in row] for row in frame.iter_rows(named=False)),
+    ):
+        line = ",".join(_csv_field(f) for f in fields)
+        out.write((line or '""') + "\n")  # one empty field: "", not a blank line readers skip
     return out.getvalue()
 
 

@@ -8,7 +8,6 @@ open whenever their text differs from what the warehouse last applied
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import re
@@ -51,10 +50,12 @@ def connect(
 ) -> duckdb.DuckDBPyConnection:
     """Open (and, when writable, migrate) the warehouse at `path`.
 
-    Another process holding the write lock gets a short wait, then a clear error. A
-    warehouse of an older release is upgraded by a read-only open too (once: a writable
-    open, closed, before the read-only one), so reports never run on the old views; one
-    of a newer release is refused, never rewritten.
+    Another process holding the write lock gets a short wait, then a clear error. One of
+    a newer release (a migration this one does not know) is refused, never rewritten. A
+    read-only open never writes the views: when queries/ differ from what the warehouse
+    holds (another release applied them), this release's views and macros are created as
+    TEMP objects of the session, so reports run on them. Only tables an older release
+    lacks need an upgrade: a writable open, once, before the read-only one.
     """
     if read_only and not path.exists():
         raise WarehouseError(f"no warehouse at {path}: run `fleetstate ingest` (or `demo`) first")
@@ -67,7 +68,10 @@ def connect(
             migrate(con)
             apply_queries(con)
             return con
-        if not _outdated(con):
+        pending = _pending_migrations(con)
+        if not pending:
+            if _queries_differ(con):
+                _apply_queries_in_session(con)
             return con
     except BaseException:
         con.close()
@@ -75,12 +79,12 @@ def connect(
     con.close()
     try:
         connect(path, read_only=False, wait_s=wait_s).close()
-    except WarehouseError as exc:
+    except (WarehouseError, duckdb.Error) as exc:
         raise WarehouseError(
-            f"{path} was made by an older fleetstate and is upgraded on first use, "
-            f"which needs to write to it: {exc}"
+            f"{path} was made by an older fleetstate (without {pending[0]}) and must be "
+            f"upgraded by a command that can write to it (any ingest, by its owner): {exc}"
         ) from exc
-    return _open_checked(path, True, wait_s)
+    return connect(path, read_only=True, wait_s=wait_s)
 
 
 def _open_checked(path: Path, read_only: bool, wait_s: float | None) -> duckdb.DuckDBPyConnection:
@@ -165,14 +169,27 @@ def _known_migrations() -> list[str]:
     return sorted(f.name for f in migrations_dir().glob("[0-9][0-9][0-9]_*.sql"))
 
 
-def _outdated(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether a writable open would change the warehouse: a migration or the text of
-    queries/ not yet applied (an older release made it), or a view or macro gone."""
-    if set(_known_migrations()) - _done_migrations(con):
-        return True
+def _pending_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The migrations of this release the warehouse has not had (an older release made it)."""
+    done = _done_migrations(con)
+    return [name for name in _known_migrations() if name not in done]
+
+
+def _queries_differ(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the warehouse's views and macros are not this release's queries/ (another
+    release applied its own), or one of them is gone."""
     texts, digest = _queries()
     row = con.execute("SELECT value FROM meta WHERE key = 'queries_sha256'").fetchall()
     return not row or row[0][0] != digest or _missing_objects(con, texts)
+
+
+def _apply_queries_in_session(con: duckdb.DuckDBPyConnection) -> None:
+    """This release's views and macros as TEMP objects: they shadow the warehouse's own for
+    this connection only, and a read-only connection may create them."""
+    for _, text in _queries()[0]:
+        con.execute(
+            _DEFINES.sub(lambda m: f"CREATE OR REPLACE TEMP {m.group(1)} {m.group(2)}", text)
+        )
 
 
 def _refuse_non_duckdb(path: Path) -> None:
@@ -219,7 +236,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
             con.execute("INSERT INTO schema_migrations (name) VALUES (?)", [sql_file.name])
             con.execute("COMMIT")
         except Exception:
-            con.execute("ROLLBACK")
+            _rollback(con)
             raise
         applied.append(sql_file.name)
     return applied
@@ -240,9 +257,18 @@ def apply_queries(con: duckdb.DuckDBPyConnection) -> list[str]:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('queries_sha256', ?)", [digest])
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        _rollback(con)
         raise
     return [name for name, _ in texts]
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK after a failure, which a failed COMMIT has already done: the first error
+    is the one shown."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def _queries() -> tuple[list[tuple[str, str]], str]:
@@ -304,8 +330,10 @@ def rebuilding(
             except BaseException:
                 old.close()
                 raise
-            for stale in path.parent.glob(f".{glob.escape(path.name)}.*.rebuild*"):
-                stale.unlink(missing_ok=True)  # a killed rebuild's (we hold the lock)
+            scratch_name = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.rebuild(\.wal)?")
+            for stale in path.parent.iterdir():  # a killed rebuild's (we hold the lock)
+                if scratch_name.fullmatch(stale.name):
+                    stale.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rebuild", dir=path.parent)
     os.close(fd)

@@ -28,7 +28,7 @@ WITH days AS (
     FROM days
 ), applied AS (
     SELECT *,
-        timezone('UTC', CAST(day AS TIMESTAMP)) + INTERVAL 1 DAY AS day_end,
+        timezone('UTC', CAST(day AS TIMESTAMP) + INTERVAL 1 DAY) AS day_end,  -- UTC midnight
         last_value(ok_day IGNORE NULLS) OVER (
             PARTITION BY host ORDER BY day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
         ) AS last_ok

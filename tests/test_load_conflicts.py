@@ -70,9 +70,7 @@ def test_a_state_file_that_differs_from_its_history_line_is_a_reject(
     write_observation(tmp_path, "h1", state_file=state + "\n")
     stats = load.load_mirror(con, tmp_path)
     assert (stats.runs_added, stats.rejects_added) == (1, 1)
-    assert con.execute("SELECT source, role FROM runs").fetchall() == [
-        ("history", hist["role"])
-    ]
+    assert con.execute("SELECT source, role FROM runs").fetchall() == [("history", hist["role"])]
     [(name, _, reason, raw)] = _rejects(con)
     assert name.endswith(":state_file") and "run_id r-1" in reason
     assert raw == state.encode()
