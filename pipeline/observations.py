@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from pipeline import records
+from pipeline.shellwords import strip_credentials
 
 _ISO = re.compile(records.TIMESTAMP_RE)
 _SHA256 = re.compile("[0-9a-fA-F]{64}")
@@ -83,6 +84,8 @@ def _parse(raw: bytes, host: str) -> tuple[dict[str, Any] | None, str | None]:
             lo, hi = _INT_RANGE[name]
             if not lo <= value <= hi:
                 return None, f"{name}: {str(value)[:80]} (outside {lo}..{hi})"
+        if name == "override_repo" and isinstance(value, str):
+            value = strip_credentials(value)  # mirrors of older collectors may hold a token
         if name in ("override_sha", "vault_sha") and isinstance(value, str):
             if _SHA256.fullmatch(value):  # any other text is kept as the host reported it
                 value = value.lower()  # as runs store them, so the two compare equal

@@ -15,6 +15,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.shellwords import override_value, strip_credentials
+
 REPORT_MAGIC = b"FLEETSTATE-REPORT 1\n"
 WINDOW = 1024  # bytes before the cursor offset whose cksum proves the file is still ours
 
@@ -302,17 +304,6 @@ def _int(sections: dict[str, bytes], name: str) -> int:
     return int(value)
 
 
-def _override_value(kv: str, key: str) -> str | None:
-    for line in kv.splitlines():
-        m = re.match(rf"^\s*(?:export\s+)?{key}=(.*)$", line)
-        if m:
-            value = m.group(1).strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                value = value[1:-1]
-            return value or None
-    return None
-
-
 def _facts(sections: dict[str, bytes]) -> dict[str, Any]:
     kv = _text(sections, "override_kv") or ""
     uptime = _text(sections, "uptime")
@@ -324,8 +315,9 @@ def _facts(sections: dict[str, bytes]) -> dict[str, Any]:
         "override_present": "override_sha" in sections,
         "override_sha": _text(sections, "override_sha"),
         "override_path": _text(sections, "override_path"),
-        "override_repo": _override_value(kv, "PUPPET_REPO"),
-        "override_branch": _override_value(kv, "PUPPET_BRANCH"),
+        # as the wrapper reads the file (the last assignment wins), the repo without a token
+        "override_repo": strip_credentials(override_value(kv, "PUPPET_REPO")),
+        "override_branch": override_value(kv, "PUPPET_BRANCH"),
         "vault_status": _text(sections, "vault_status"),
         "vault_sha": _text(sections, "vault_sha"),
         "vault_path": _text(sections, "vault_path"),
