@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -146,6 +147,9 @@ ProgressFn = Callable[[LoadStats], None]
 
 def discover(mirror_dir: Path, hosts: list[str] | None = None) -> list[tuple[str, Path]]:
     """(host, host directory) for every host directory in the mirror, sorted."""
+    if not _is_utf8_name(str(mirror_dir.resolve())):
+        shown = os.fsencode(mirror_dir).decode("utf-8", "backslashreplace")
+        raise LoadError(f"mirror directory {shown}: its path is not UTF-8; rename it")
     if not mirror_dir.is_dir():
         what = "is not a directory" if mirror_dir.exists() else "does not exist"
         raise LoadError(f"mirror directory {mirror_dir} {what}")
@@ -240,7 +244,7 @@ def _claim_files(found: list[tuple[str, Path]]) -> tuple[list[HostFiles], int, l
                 "case-insensitive); skipped: merge the two directories"
             )
             continue
-        if not _is_utf8_name(str(hdir)):  # the warehouse's names are text: renamed, it loads
+        if not _is_utf8_name(host):  # the warehouse's names are text: renamed, it loads
             shown = os.fsencode(hdir).decode("utf-8", "backslashreplace")
             problems.append(f"{shown}: its name is not UTF-8; skipped")
             continue
@@ -877,6 +881,9 @@ def _reject_slow_lines(con: duckdb.DuckDBPyConnection, batch: Batch, now: dateti
     _insert_rejects(con, rows, now, batch.stats)
 
 
+_EMBEDDED_SOURCE = re.compile(r"#[0-9]+:([a-z_]+)$")  # `...observations.jsonl#OFFSET:kind`
+
+
 def _insert_rejects(
     con: duckdb.DuckDBPyConnection,
     rows: list[tuple[str, str, int, str, bytes]],
@@ -892,8 +899,8 @@ def _insert_rejects(
     seen: set[tuple[object, ...]] = set()
     unique = []
     for r in rows:
-        kind = r[1].rpartition("#")[2].partition(":")[2] if "#" in r[1] else None
-        key = (r[0], kind, r[4]) if kind else (r[0], r[1], r[2], r[4])
+        embedded = _EMBEDDED_SOURCE.search(r[1])
+        key = (r[0], embedded.group(1), r[4]) if embedded else (r[0], r[1], r[2], r[4])
         if key not in seen:
             seen.add(key)
             unique.append(r)

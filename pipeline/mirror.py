@@ -102,6 +102,7 @@ class Mirror:
             cursor = Cursor(
                 history_size=_size(d / HISTORY), observations_size=_size(d / OBSERVATIONS)
             )
+            self.save_cursor(host, cursor)  # committed now: a pull that dies is cut from here
         if _size(d / HISTORY) < cursor.history_size:
             # The mirror lost bytes the cursor covers (deleted by hand): pull again.
             cursor = Cursor(observations_size=cursor.observations_size)

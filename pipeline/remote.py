@@ -145,6 +145,10 @@ fi
 sec end ""
 """
 
+# What goes over the wire: the script without its comment lines, which the shell never
+# reads (about 600 of the 4,800 bytes every connection sends).
+WIRE_SCRIPT = "\n".join(ln for ln in SCRIPT.splitlines() if not ln.lstrip().startswith("#"))
+
 _INT = re.compile(r"^[0-9]+$")
 
 
@@ -163,7 +167,7 @@ def build_command(
         if type(value) is not int or value < 0:
             raise ValueError(f"remote arguments must be non-negative integers, got {value!r}")
     args = " ".join(str(v) for v in values)
-    return f"/bin/sh -c {shlex.quote(SCRIPT)} fleetstate {args}"
+    return f"/bin/sh -c {shlex.quote(WIRE_SCRIPT)} fleetstate {args}"
 
 
 def parse_sections(out: bytes) -> dict[str, bytes]:

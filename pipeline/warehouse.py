@@ -57,7 +57,7 @@ def connect(
     TEMP objects of the session, so reports run on them. Only tables an older release
     lacks need an upgrade: a writable open, once, before the read-only one.
     """
-    if read_only and not path.exists():
+    if read_only and (not path.exists() or (path.is_file() and not path.stat().st_size)):
         raise WarehouseError(f"no warehouse at {path}: run `fleetstate ingest` (or `demo`) first")
     _refuse_non_duckdb(path)
     if not read_only:

@@ -38,7 +38,8 @@ FROM observations o WHERE o.reachable GROUP BY o.host;
 -- to another pool is still listed, stale, by the old one; one workerId may be in two
 -- workerGroups). Its quarantine is that of the pool it works in: of each listing (host,
 -- pool, worker) the latest fetch (where a lifted quarantine shows as NULL; the larger if
--- one fetch lists it twice), and of those the one active last. So a stale listing by the
+-- one fetch lists it twice), and of those the one active last (then fetched last, then
+-- with the larger quarantine). So a stale listing by the
 -- old pool neither adds a quarantine nor hides one, whatever order the pools were fetched.
 CREATE OR REPLACE VIEW latest_activity AS
 WITH listing AS (
@@ -49,7 +50,8 @@ WITH listing AS (
 current AS (
     SELECT l.host,
         arg_max(l, {'a': coalesce(l.last_active, '-infinity'::TIMESTAMPTZ),
-                    'o': l.observed_at}) AS w
+                    'o': l.observed_at,
+                    'q': coalesce(l.quarantined_until, '-infinity'::TIMESTAMPTZ)}) AS w
     FROM listing l GROUP BY l.host
 )
 SELECT a.host, max(a.observed_at) AS observed_at,

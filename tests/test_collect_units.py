@@ -19,6 +19,7 @@ from pipeline.errors import FleetstateError
 from pipeline.mirror import Cursor, Mirror
 from pipeline.remote import (
     SCRIPT,
+    WIRE_SCRIPT,
     ReportError,
     build_command,
     interpret,
@@ -47,7 +48,7 @@ def test_command_is_the_fixed_script_plus_eight_integers() -> None:
     m = COMMAND.fullmatch(cmd)
     assert m and m.groups()[1:] == ("123", "456", "789", "1024", "7", "8", "9", "10")
     assert shlex.split(cmd) == [
-        "/bin/sh", "-c", SCRIPT, "fleetstate", "123", "456", "789", "1024", "7", "8", "9", "10"
+        "/bin/sh", "-c", WIRE_SCRIPT, "fleetstate", "123", "456", "789", "1024", "7", "8", "9", "10"
     ]  # fmt: skip
 
 
@@ -78,7 +79,7 @@ def test_any_history_content_gives_the_same_script_and_integers_only(
     cursor = Cursor(inode=inode, offset=len(window) + extra, window=window)
     cmd = build_command(cursor.offset, cursor.inode, posix_cksum(cursor.window), len(cursor.window))
     m = COMMAND.fullmatch(cmd)
-    assert m and shlex.split(m.group("script")) == [SCRIPT]
+    assert m and shlex.split(m.group("script")) == [WIRE_SCRIPT]
     assert m.groups()[1:] == tuple(
         str(v) for v in (cursor.offset, inode, posix_cksum(window), len(window), 0, 0, 0, 0)
     )
@@ -86,6 +87,7 @@ def test_any_history_content_gives_the_same_script_and_integers_only(
 
 def test_script_is_posix_sh(tmp_path: Path) -> None:
     subprocess.run(["sh", "-n", "-c", SCRIPT], check=True)
+    subprocess.run(["sh", "-n", "-c", WIRE_SCRIPT], check=True)
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed")
@@ -447,3 +449,38 @@ def test_ssh_config_reads_as_openssh_reads_it(tmp_path: Path, shape: str) -> Non
             assert [str(p) for p in ours.global_known_hosts] == theirs[
                 "globalknownhostsfile"
             ].split(), host
+
+
+def test_a_cursor_removed_by_hand_keeps_the_mirror_and_is_committed_at_once(
+    tmp_path: Path,
+) -> None:
+    """Without a cursor the mirror's bytes are kept as committed, and that cursor is saved
+    before any pull: a pull that dies afterwards is cut back to them, not kept too."""
+    m = Mirror(tmp_path)
+    m.append_history("h1", b"one\n")
+    m.append_observation("h1", {"host": "h1"})
+    m.save_cursor("h1", Cursor(inode=3, offset=4, window=b"one\n"))
+    (tmp_path / "h1" / ".cursor.json").unlink()
+    cursor = m.read_cursor("h1")
+    assert (cursor.inode, cursor.history_size) == (0, 4)
+    saved = json.loads((tmp_path / "h1" / ".cursor.json").read_text())
+    assert (saved["history_size"], saved["inode"]) == (4, 0)
+    m.append_history("h1", b"two\n")  # a pull that dies before its commit
+    assert m.read_cursor("h1").history_size == 4
+    assert (tmp_path / "h1" / "history.jsonl").read_bytes() == b"one\n"
+
+
+def test_a_new_host_directory_starts_with_a_cursor_of_nothing(tmp_path: Path) -> None:
+    """Bytes of a first collection that dies before its commit are cut (the loader reads
+    nothing of the host until the first commit)."""
+    m = Mirror(tmp_path)
+    m.append_history("h1", b"one\n")
+    assert json.loads((tmp_path / "h1" / ".cursor.json").read_text())["history_size"] == 0
+    assert m.read_cursor("h1").history_size == 0
+    assert (tmp_path / "h1" / "history.jsonl").read_bytes() == b""
+
+
+def test_the_wire_script_is_the_script_without_its_comment_lines() -> None:
+    code = [ln for ln in SCRIPT.splitlines() if not ln.lstrip().startswith("#")]
+    assert WIRE_SCRIPT.splitlines() == code
+    assert len(WIRE_SCRIPT) < len(SCRIPT) - 300

@@ -326,3 +326,27 @@ def test_a_mirror_directory_whose_name_is_not_utf8_is_not_a_traceback(tmp_path: 
     assert "h\\xffx: its name is not UTF-8; skipped" in done.stderr
     hosts = json.loads(fs(db, "sql", "SELECT DISTINCT host FROM runs", "-f", "json").stdout)
     assert {"host": "ok.example.com"} in hosts
+
+
+def test_a_read_only_command_on_an_empty_file_says_there_is_no_warehouse(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "wh.duckdb"
+    db.touch()
+    done = fs(db, "status")
+    assert done.returncode == 1 and "no warehouse at" in done.stderr
+    assert db.stat().st_size == 0  # not turned into a warehouse by a read
+
+
+def test_a_mirror_whose_own_path_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path) + b"/m\xff"
+    os.makedirs(root + b"/h1.example.com")
+    with open(root + b"/h1.example.com/history.jsonl", "wb") as fh:
+        fh.write(line(record(ago(minutes=5))))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--db", str(tmp_path / "wh.duckdb"), "ingest",
+         "--from", root],
+        capture_output=True, text=True, cwd=REPO, env=cli_env(),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "m\\xff: its path is not UTF-8" in done.stderr and "Traceback" not in done.stderr

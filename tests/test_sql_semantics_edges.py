@@ -144,3 +144,21 @@ def test_healthy_sees_a_quarantine_whatever_pool_was_fetched_last(
     activity.save_activity(con, "http://q", old.pool, [old], observed_at=now)
     got = con.execute("SELECT healthy, quarantined_until IS NOT NULL FROM host_state").fetchall()
     assert got == [("N", True)], got
+
+
+def test_healthy_of_a_worker_listed_twice_alike_takes_the_quarantine(
+    con: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """Two listings of one worker, equally fresh and fetched at once, one quarantined: the
+    quarantine is taken (was: whichever arg_max met first)."""
+    host = "t-linux64-ms-003.test.releng.mdc1.mozilla.com"
+    m = tmp_path / "m"
+    runs(m, host, record(ago(minutes=20)))
+    write_observation(m, host)
+    load.load_mirror(con, m)
+    now = datetime.now(UTC)
+    seen = now - timedelta(minutes=5)
+    for pool, q in (("p/b", None), ("p/a", now + timedelta(days=1))):
+        w = activity.Worker(pool, "mdc1", "t-linux64-ms-003", seen, q, {})
+        activity.save_activity(con, "http://q", pool, [w], observed_at=now)
+    assert con.execute("SELECT healthy FROM host_state").fetchall() == [("N",)]
