@@ -727,6 +727,9 @@ def _run() -> None:
     except (FleetstateError, OSError) as exc:
         _progress(f"fleetstate: error: {exc}")
         sys.exit(Exit.ERROR)
+    except MemoryError:
+        _progress("fleetstate: error: out of memory (FLEETSTATE_BATCH_BYTES=32M uses less)")
+        sys.exit(Exit.ERROR)
     except Exception as exc:
         if not type(exc).__module__.lstrip("_").startswith("duckdb") or _from_ctrl_c(exc):
             raise  # main() names Ctrl-C

@@ -15,13 +15,12 @@ import base64
 import hashlib
 import json
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import duckdb
 
@@ -99,6 +98,36 @@ HEAD_BYTES = 4096
 FINGERPRINT = "v2:"  # cursors saved before carry the sha256 of the first bytes only
 
 
+# Memory follows rows and line width, not only bytes: a piece of a history holds at most
+# MAX_PIECE_LINES lines (128 MiB of empty lines would be 134 M rows), a batch at most
+# MAX_BATCH_LINES, and when its lines are WIDE_LINE long on average (DuckDB works on
+# vectors of 2,048 rows, each expression a copy of them) at most WIDE_BATCH bytes.
+MAX_PIECE_LINES = 1 << 16
+MAX_BATCH_LINES = 1 << 18
+WIDE_LINE = 8 << 10
+WIDE_BATCH = 4 << 20
+# of a line longer than a record may be (and than a read piece), the first bytes are kept
+# in `rejects`: the whole line stays in the mirror at its offset
+KEPT_OF_LONG_LINE = 2 * records.MAX_LINE_BYTES
+MAX_OBSERVATION_BYTES = 4 * records.MAX_LINE_BYTES  # with a state file escaped inside
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes of a file read at `offset`, ending at a newline (`ends`: where each line ends,
+    for a history). A line too long to hold comes as its first bytes only, with `ends`
+    None and its whole `length`."""
+
+    offset: int
+    data: memoryview
+    ends: Any = None  # numpy array of line ends within `data`
+    length: int = -1  # bytes of the file it covers, when not len(data)
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.length < 0 else self.length
+
+
 class LoadError(FleetstateError):
     """The mirror cannot be read (missing directory, unreadable file)."""
 
@@ -135,7 +164,12 @@ class Batch:
     obs_rejects: list[tuple[str, str, int, str, bytes]] = field(default_factory=list)
     cursors: list[tuple[str, str, int, str]] = field(default_factory=list)
     nbytes: int = 0
+    wide: bool = False  # holds a piece of WIDE_LINE lines: closes at WIDE_BATCH bytes
     stats: LoadStats = field(default_factory=LoadStats)
+
+    def full(self, batch_bytes: int) -> bool:
+        limit = min(batch_bytes, WIDE_BATCH) if self.wide else batch_bytes
+        return self.nbytes >= limit or self.stats.lines >= MAX_BATCH_LINES
 
     def add_file(self, host: str, source: str, path: str) -> int:
         self.files.append((len(self.files), host, source, path))
@@ -389,10 +423,10 @@ def _load_hosts(
         for path, key, limit in files:
             batch.stats.files += 1
             chunks = _readable_chunks(path, cursors.get(key), read, batch_bytes, limit)
-            for start, data, end, mark in chunks:
-                _stage(batch, host, path.name, key, start, data)
+            for piece, end, mark in chunks:
+                _stage(batch, host, path.name, key, piece)
                 batch.cursors.append((key, host, end, mark))
-                if batch.nbytes >= batch_bytes:
+                if batch.full(batch_bytes):
                     if stop.is_set():
                         raise _Stopped
                     _commit(con, batch)
@@ -411,22 +445,22 @@ def _readable_chunks(
     read: LoadStats,
     batch_bytes: int,
     limit: int | None = None,
-) -> Iterator[tuple[int, memoryview, int, str]]:
+) -> Iterator[tuple[Piece, int, str]]:
     """_new_chunks with each piece's end and fingerprint. A file that cannot be read (no
     permission, an I/O error) ends early and is named in `read.unreadable`: what was read
     of it loads, its cursor stays there, and the other files load as usual."""
     chunks = _new_chunks(path, cursor, read, batch_bytes, limit)
     while True:
         try:
-            start, data = next(chunks)
-            end = start + len(data)
+            piece = next(chunks)
+            end = piece.offset + piece.size
             mark = _fingerprint(path, end)
         except StopIteration:
             return
         except OSError as exc:
             read.unreadable.append(f"{path}: {exc.strerror or exc}")
             return
-        yield start, data, end, mark
+        yield piece, end, mark
 
 
 def _add_committed(
@@ -471,13 +505,15 @@ def _new_chunks(
     stats: LoadStats,
     batch_bytes: int,
     limit: int | None = None,
-) -> Iterator[tuple[int, memoryview]]:
-    """(offset, bytes) pieces after the cursor, each ending at a newline.
+) -> Iterator[Piece]:
+    """Pieces after the cursor, each ending at a newline.
 
     Each byte is read once into the piece that holds it, and the piece is handed out as
     a view (no copy); the unterminated tail of a piece is read again as the start of the
-    next. The state file is a whole document (often pretty-printed): it is read whole
-    whenever it changed, and its cursor is its size.
+    next. A line that does not end within a piece is followed in bounded reads, keeping
+    at most a record's worth of it. The state file is a whole document (often
+    pretty-printed): it is read whole whenever it changed (its first bytes only when it
+    is longer than a record may be), and its cursor is its size.
     """
     size = path.stat().st_size
     if limit is not None:  # the collector's committed size: what lies past it may be cut
@@ -487,51 +523,151 @@ def _new_chunks(
         offset = 0  # replaced or truncated: read again; run identity absorbs repeats
     if path.name == STATE_FILE:
         if offset != size or cursor is None:
-            data = path.read_bytes()
-            stats.bytes_read += len(data)
-            yield 0, memoryview(data)
+            with path.open("rb") as fh:
+                data = fh.read(min(size, KEPT_OF_LONG_LINE + 1))
+            stats.bytes_read += size
+            whole = len(data) <= records.MAX_LINE_BYTES
+            yield Piece(0, memoryview(data), length=-1 if whole else size)
         return
     # a batch overshoots by a piece at most; read() allocates what it is asked for
     piece_bytes = max(1, min(batch_bytes // 4, size - offset))
+    history = path.name == HISTORY
     with path.open("rb") as fh:
         fh.seek(offset)
         while offset < size:  # bytes appended since the stat wait for the next load
             data = fh.read(min(piece_bytes, size - offset))
             cut = data.rfind(b"\n") + 1
-            while cut == 0 and data and offset + len(data) < size:  # a line longer than a piece
-                more = fh.read(min(piece_bytes, size - offset - len(data)))
-                if not more:
-                    break
-                data += more
-                cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                stats.pending_bytes += len(data)
-                return
+            if cut == 0:  # no line ends in this piece
+                length, head = _follow_line(fh, data, size - offset, piece_bytes)
+                if length is None:  # unfinished: left for the next load, not held
+                    stats.pending_bytes += size - offset
+                    return
+                if length > records.MAX_LINE_BYTES + 1:
+                    stats.bytes_read += length
+                    yield Piece(offset, memoryview(head), length=length)
+                    offset += length
+                    fh.seek(offset)
+                    continue
+                fh.seek(offset)  # a record-sized line longer than a (small) piece
+                data = fh.read(length)
+                cut = length
             stats.bytes_read += cut
-            yield offset, memoryview(data)[:cut]
+            view = memoryview(data)[:cut]
+            if history:
+                yield from _split_lines(offset, view)
+            else:
+                yield Piece(offset, view)
             offset += cut
             if cut < len(data):
                 fh.seek(offset)
 
 
-def _stage(batch: Batch, host: str, name: str, key: str, start: int, data: memoryview) -> None:
-    batch.nbytes += len(data)
+def _follow_line(
+    fh: BinaryIO, head: bytes, left: int, piece_bytes: int
+) -> tuple[int | None, bytes]:
+    """A line that does not end within `head` (read from where it starts): read on in
+    pieces, keeping at most KEPT_OF_LONG_LINE + 1 bytes of it, to its newline. Its length
+    with the newline (None when the bytes up to `left` hold none) and its first bytes."""
+    kept = bytearray(head[: KEPT_OF_LONG_LINE + 1])
+    length = len(head)
+    while length < left:
+        more = fh.read(min(max(piece_bytes, 1 << 20), left - length))
+        if not more:
+            break
+        nl = more.find(b"\n")
+        end = len(more) if nl < 0 else nl + 1
+        if len(kept) <= KEPT_OF_LONG_LINE:
+            kept += more[: min(end, KEPT_OF_LONG_LINE + 1 - len(kept))]
+        length += end
+        if nl >= 0:
+            return length, bytes(kept)
+    return None, b""
+
+
+def _split_lines(offset: int, view: memoryview) -> Iterator[Piece]:
+    """A history's piece as pieces of at most MAX_PIECE_LINES lines, and of at most
+    WIDE_BATCH bytes when its lines are WIDE_LINE long on average; a line longer than a
+    record may be as its first bytes only. `ends` are found once here (the newline scan
+    staging needs anyway)."""
+    import numpy as np
+
+    ends = np.flatnonzero(np.frombuffer(view, dtype=np.uint8) == 10) + 1
+    too_long = np.flatnonzero(np.diff(ends, prepend=0) > records.MAX_LINE_BYTES + 1)
+    first = 0
+    for k in [*too_long.tolist(), len(ends)]:
+        if k > first:
+            yield from _line_pieces(offset, view, ends, first, k)
+        if k < len(ends):
+            start, stop = (int(ends[k - 1]) if k else 0), int(ends[k])
+            yield Piece(
+                offset + start, view[start : start + KEPT_OF_LONG_LINE], length=stop - start
+            )
+        first = k + 1
+
+
+def _line_pieces(
+    offset: int, view: memoryview, ends: Any, first: int, last: int
+) -> Iterator[Piece]:
+    """Lines first..last-1 of `view` (ends[i] is where line i ends) as pieces."""
+    import numpy as np
+
+    start = int(ends[first - 1]) if first else 0
+    wide = int(ends[last - 1]) - start > WIDE_LINE * (last - first)
+    i = first
+    while i < last:
+        j = min(i + MAX_PIECE_LINES, last)
+        if wide:  # at least one line, however long
+            j = max(i + 1, min(j, int(np.searchsorted(ends, start + WIDE_BATCH, "right"))))
+        stop = int(ends[j - 1])
+        yield Piece(offset + start, view[start:stop], ends[i:j] - start)
+        start, i = stop, j
+
+
+def _stage(batch: Batch, host: str, name: str, key: str, piece: Piece) -> None:
+    batch.nbytes += len(piece.data)
+    start, data = piece.offset, piece.data
     if name == HISTORY:
         idx = batch.add_file(host, "history", key)
-        batch.chunks.append(_lines_table(batch, idx, start, data))
+        if piece.length >= 0:  # ends with its newline (_follow_line)
+            batch.chunks.append(_too_long_table(batch, idx, piece, 1))
+        else:
+            batch.wide = batch.wide or len(data) > WIDE_LINE * len(piece.ends)
+            batch.chunks.append(_lines_table(batch, idx, start, data, piece.ends))
     elif name == STATE_FILE:
         idx = batch.add_file(host, "state_file", key)
-        batch.chunks.append(_text_table(batch, idx, [(start, bytes(data))]))
+        if piece.length >= 0:  # a whole document: counted as it is
+            batch.chunks.append(_too_long_table(batch, idx, piece, 0))
+        else:
+            batch.chunks.append(_text_table(batch, idx, [(start, bytes(data))]))
     else:
         _stage_observations(batch, host, key, start, bytes(data))
 
 
-def _lines_table(batch: Batch, idx: int, start: int, data: memoryview) -> pa.Table:
+def _too_long_table(batch: Batch, idx: int, piece: Piece, newline: int) -> pa.Table:
+    """A line (or state file) longer than a record may be, judged without holding it:
+    its first bytes go to `rejects`; the whole of it stays in the mirror."""
+    import pyarrow as pa
+
+    size = piece.size - newline  # as the run parser counts a line: without its newline
+    raw = bytes(piece.data[:KEPT_OF_LONG_LINE])
+    batch.raw_rejects[(idx, piece.offset)] = raw[:size]  # the newline is not the line's
+    batch.stats.lines += 1
+    reason = f"line too long: {size} bytes (limit {records.MAX_LINE_BYTES})"
+    return pa.table(
+        {
+            "file_idx": pa.array([idx], pa.int32()),
+            "byte_offset": pa.array([piece.offset], pa.int64()),
+            "line": pa.array([""], pa.large_string()),
+            "pre_reason": pa.array([reason], pa.string()),
+        }
+    )
+
+
+def _lines_table(batch: Batch, idx: int, start: int, data: memoryview, ends: Any) -> pa.Table:
     """Arrow table of the newline-terminated lines in `data`, without copying them."""
     import numpy as np
     import pyarrow as pa
 
-    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
     n = len(ends)
     batch.stats.lines += n
     offsets = np.empty(n + 1, dtype=np.int64)
@@ -597,6 +733,11 @@ def _stage_observations(batch: Batch, host: str, key: str, start: int, data: byt
     pos = start
     for raw in data.splitlines(keepends=True):
         batch.stats.lines += 1
+        if len(raw) > MAX_OBSERVATION_BYTES:  # a state file of a record's size fits in one
+            why = f"observation too long: {len(raw)} bytes (limit {MAX_OBSERVATION_BYTES})"
+            batch.obs_rejects.append((host, key, pos, why, raw[:KEPT_OF_LONG_LINE]))
+            pos += len(raw)
+            continue
         obs, reason = parse_observation(raw, host)
         if obs is None:
             batch.obs_rejects.append((host, key, pos, reason or "invalid", raw.rstrip(b"\n")))
@@ -623,6 +764,7 @@ def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
             if has_lines:
                 _insert_runs(con, batch, now)
             _insert_observations(con, batch, now)
+            _flush_rejects(con, now, batch.stats)
             _save_cursors(con, batch.cursors, now)
             con.execute("COMMIT")
         except BaseException:
@@ -711,20 +853,20 @@ def _insert_runs(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) ->
             "FROM fast f JOIN staged_files sf USING (file_idx) WHERE false"
         )
     hosts = [f[1] for f in batch.files]
-    added, conflicts = _insert_new_runs(con, now, min(hosts), max(hosts))
-    batch.stats.runs_added += added
+    batch.stats.runs_added += _insert_new_runs(con, now, min(hosts), max(hosts))
     _reject_slow_lines(con, batch, now)
-    _reject_conflicts(con, conflicts, now, batch.stats)
+    _reject_conflicts(con, now, batch.stats)
+    con.execute("DROP TABLE repeats")
     con.execute("DROP TABLE fast")
     con.execute("DROP TABLE slow")
 
 
 def _insert_new_runs(
     con: duckdb.DuckDBPyConnection, now: datetime, first_host: str, last_host: str
-) -> tuple[int, list[tuple[str, str, str, int, str, int]]]:
+) -> int:
     """Insert the valid rows of `fast` and `slow` whose (host, run_id) is new; return how
-    many runs the warehouse gained, and the records not stored because their run_id is
-    another record's with other content (host, run_id, where, where the kept one is).
+    many runs the warehouse gained. The temp table `repeats` it leaves marks the records
+    not stored because their run_id is another record's with other content (`differs`).
 
     Of one identity, the history line wins over the state file, and that over puppet's
     summary, then the first by offset: within the batch, and against a copy already
@@ -802,16 +944,7 @@ def _insert_new_runs(
         f"INSERT INTO runs ({cols}, loaded_at) SELECT {cols}, ? FROM ({valid}) v {where}",  # noqa: S608
         [now],
     ).fetchone()
-    conflicts = (
-        con.execute(
-            "SELECT host, run_id, source_path, byte_offset, kept_path, kept_offset "
-            "FROM repeats WHERE skip AND differs ORDER BY host, source_path, byte_offset"
-        ).fetchall()
-        if skip
-        else []
-    )
-    con.execute("DROP TABLE repeats")
-    return (int(row[0]) if row else 0) - replaced, conflicts
+    return (int(row[0]) if row else 0) - replaced
 
 
 # What a run is, beyond where it was read: two records of one (host, run_id) that differ
@@ -824,34 +957,59 @@ CONTENT_COLUMNS = tuple(
 )
 
 
-def _reject_conflicts(
-    con: duckdb.DuckDBPyConnection,
-    conflicts: list[tuple[str, str, str, int, str, int]],
-    now: datetime,
-    stats: LoadStats,
-) -> None:
+def _reject_conflicts(con: duckdb.DuckDBPyConnection, now: datetime, stats: LoadStats) -> None:
     """A record whose run_id another record with other content already has is not lost:
-    it goes to rejects with its bytes, read back from the mirror."""
-    rows = []
-    for host, run_id, path, offset, kept_path, kept_offset in conflicts:
-        reason = (
-            f"run_id {run_id[:80]} is already another record's, with other content "
-            f"(kept: byte {kept_offset} of {kept_path})"
-        )
-        rows.append((host, path, offset, reason, _record_bytes(path, offset)))
-    _insert_rejects(con, rows, now, stats)
+    it goes to rejects with its bytes, read back from the mirror (in slices, each file
+    opened once per slice)."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE conflicts AS SELECT row_number() OVER () - 1 AS n, "
+        "host, run_id, source_path, byte_offset, kept_path, kept_offset FROM repeats "
+        "WHERE skip AND differs"
+    )
+    count = con.execute("SELECT count(*) FROM conflicts").fetchall()[0][0]
+    for first in range(0, count, REJECTS_AT_ONCE):
+        chunk = con.execute(
+            "SELECT host, run_id, source_path, byte_offset, kept_path, kept_offset "
+            "FROM conflicts WHERE n BETWEEN ? AND ?",
+            [first, first + REJECTS_AT_ONCE - 1],
+        ).fetchall()
+        found = _records_bytes([(path, offset) for _, _, path, offset, _, _ in chunk])
+        rows = []
+        for host, run_id, path, offset, kept_path, kept_offset in chunk:
+            reason = (
+                f"run_id {run_id[:80]} is already another record's, with other content "
+                f"(kept: byte {kept_offset} of {kept_path})"
+            )
+            rows.append((host, path, offset, reason, found.get((path, offset), b"")))
+        _stage_rejects(con, rows, now, stats)
+    con.execute("DROP TABLE conflicts")
 
 
-def _record_bytes(source_path: str, offset: int) -> bytes:
-    """The bytes of the record at `offset` of a mirror file, or of the state file an
-    observation carries (`...observations.jsonl#OFFSET:state_file`)."""
+def _records_bytes(places: list[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+    """_record_bytes of many places, each file opened once."""
+    found: dict[tuple[str, int], bytes] = {}
+    by_file: dict[str, list[tuple[str, int]]] = {}
+    for source_path, offset in places:
+        by_file.setdefault(source_path.partition("#")[0], []).append((source_path, offset))
+    for path, wanted in by_file.items():
+        try:
+            with open(path, "rb") as fh:
+                for source_path, offset in sorted(wanted, key=lambda w: w[1]):
+                    found[(source_path, offset)] = _record_bytes(source_path, offset, fh)
+        except OSError:
+            continue
+    return found
+
+
+def _record_bytes(source_path: str, offset: int, fh: BinaryIO) -> bytes:
+    """The bytes of the record at `offset` of a mirror file (`fh`, open): a line, a whole
+    state file, or the state file an observation carries
+    (`...observations.jsonl#OFFSET:state_file`)."""
     path, _, embedded = source_path.partition("#")
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            raw = fh.readline()
-    except OSError:
-        return b""
+    fh.seek(offset)
+    if not embedded and Path(path).name == STATE_FILE:
+        return fh.read(records.MAX_LINE_BYTES + 1).rstrip(b"\n")
+    raw = fh.readline(records.MAX_LINE_BYTES * 4)
     if not embedded:
         return raw.rstrip(b"\n")
     kind = embedded.partition(":")[2]  # state_file or legacy_summary
@@ -864,52 +1022,56 @@ def _record_bytes(source_path: str, offset: int) -> bytes:
         return b""
 
 
+REJECTS_AT_ONCE = 10_000  # rejects go through Python (exact bytes, refined reasons) in slices
+
+
 def _reject_slow_lines(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
-    bad = con.execute(
-        "SELECT host, source_path, byte_offset, reason, line, file_idx FROM slow "
-        "WHERE reason IS NOT NULL"
-    ).fetchall()
-    rows = []
-    for host, path, off, reason, line, idx in bad:
-        raw = batch.raw_rejects.get((idx, off))
-        if raw is None:
-            raw = line.encode("utf-8")
-            raw = raw[:-1] if raw.endswith(b"\n") else raw
-        if reason == "invalid JSON":
-            reason = records.refine_json_reason(raw)
-        rows.append((host, path, off, reason, raw))
-    _insert_rejects(con, rows, now, batch.stats)
+    # numbered here (rowids of a table made in a transaction are not 0, 1, ...), and read
+    # a slice at a time: the inserts join the batch's transaction
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE bad AS SELECT row_number() OVER () - 1 AS n, host, "
+        "source_path, byte_offset, reason, line, file_idx FROM slow WHERE reason IS NOT NULL"
+    )
+    count = con.execute("SELECT count(*) FROM bad").fetchall()[0][0]
+    for first in range(0, count, REJECTS_AT_ONCE):
+        chunk = con.execute(
+            "SELECT host, source_path, byte_offset, reason, line, file_idx FROM bad "
+            "WHERE n BETWEEN ? AND ?",
+            [first, first + REJECTS_AT_ONCE - 1],
+        ).fetchall()
+        rows = []
+        for host, path, off, reason, line, idx in chunk:
+            raw = batch.raw_rejects.get((idx, off))
+            if raw is None:
+                raw = line.encode("utf-8")
+                raw = raw[:-1] if raw.endswith(b"\n") else raw
+            if reason == "invalid JSON":
+                reason = records.refine_json_reason(raw)
+            rows.append((host, path, off, reason, raw))
+        _stage_rejects(con, rows, now, batch.stats)
+    con.execute("DROP TABLE bad")
 
 
-_EMBEDDED_SOURCE = re.compile(r"#[0-9]+:([a-z_]+)$")  # `...observations.jsonl#OFFSET:kind`
+REJECTS_PER_FLUSH = 20_000  # staged rejects are stored this many at a time, at most
 
 
-def _insert_rejects(
+def _stage_rejects(
     con: duckdb.DuckDBPyConnection,
     rows: list[tuple[str, str, int, str, bytes]],
     now: datetime,
     stats: LoadStats,
 ) -> None:
-    """Rejects keyed by host, file name, offset and bytes: re-reading a replaced file, or the
-    same mirror from another directory (moved, copied), does not repeat them. A state file
-    carried by an observation (`...observations.jsonl#OFFSET:state_file`) is keyed by host,
-    kind and bytes: the same bad state file seen at every collection is one reject."""
+    """Add rejects (host, source path, offset, reason, bytes) to the batch's temp table
+    `new_rejects`; _flush_rejects stores the new ones, at the batch's end or once
+    REJECTS_PER_FLUSH are waiting (DuckDB keeps what a statement used: the flush of a
+    whole batch of rejects cost 0.6 GB)."""
     import pyarrow as pa
 
-    seen: set[tuple[object, ...]] = set()
-    unique = []
-    for r in rows:
-        embedded = _EMBEDDED_SOURCE.search(r[1])
-        key = (r[0], embedded.group(1), r[4]) if embedded else (r[0], r[1], r[2], r[4])
-        if key not in seen:
-            seen.add(key)
-            unique.append(r)
-    rows = unique
     if not rows:
         return
     table = pa.table(
         {
-            "host": [r[0] for r in rows],
+            "host": pa.array([r[0] for r in rows], pa.string()),
             "source_path": [r[1] for r in rows],
             "byte_offset": pa.array([r[2] for r in rows], pa.int64()),
             "reason": [r[3] for r in rows],
@@ -917,23 +1079,55 @@ def _insert_rejects(
         }
     )
     con.register("reject_rows", table)
-    row = con.execute(
-        """
-        INSERT INTO rejects
-        SELECT t.host, t.source_path, t.byte_offset, t.reason, t.line, ? FROM reject_rows t
-        WHERE NOT EXISTS (SELECT 1 FROM rejects r WHERE r.host IS NOT DISTINCT FROM t.host
-                          AND r.line = t.line
-                          AND (r.byte_offset = t.byte_offset
-                               AND regexp_extract(r.source_path, '[^/]*$')
-                                   = regexp_extract(t.source_path, '[^/]*$')
-                               OR regexp_extract(t.source_path, '#[0-9]+:([a-z_]+)$', 1) <> ''
-                               AND regexp_extract(r.source_path, '#[0-9]+:([a-z_]+)$', 1)
-                                   = regexp_extract(t.source_path, '#[0-9]+:([a-z_]+)$', 1)))
-        """,
-        [now],
-    ).fetchone()
-    con.unregister("reject_rows")
-    stats.rejects_added += int(row[0]) if row else 0
+    try:
+        con.execute("CREATE TEMP TABLE IF NOT EXISTS new_rejects AS FROM reject_rows WITH NO DATA")
+        con.execute("INSERT INTO new_rejects FROM reject_rows")
+    finally:
+        con.unregister("reject_rows")
+    if con.execute("SELECT count(*) FROM new_rejects").fetchall()[0][0] >= REJECTS_PER_FLUSH:
+        _flush_rejects(con, now, stats)
+
+
+_EMBEDDED_KIND = "regexp_extract({}.source_path, '#[0-9]+:([a-z_]+)$', 1)"
+_FILE_NAME = "regexp_extract({}.source_path, '[^/]*$')"
+
+
+def _flush_rejects(con: duckdb.DuckDBPyConnection, now: datetime, stats: LoadStats) -> None:
+    """Store the batch's rejects not already stored, once per batch (one anti-join against
+    `rejects`, not one per slice). Keyed by host, file name, offset and bytes: re-reading
+    a replaced file, or the same mirror from another directory (moved, copied), does not
+    repeat them. A state file carried by an observation
+    (`...observations.jsonl#OFFSET:state_file`) is keyed by host, kind and bytes: the
+    same bad state file seen at every collection is one reject."""
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = 'new_rejects'"
+    ).fetchall()  # all: a result left open stops register() (DuckDB 2)
+    if not exists[0][0]:
+        return
+    kind_t, kind_r = _EMBEDDED_KIND.format("t"), _EMBEDDED_KIND.format("r")
+    name_t, name_r = _FILE_NAME.format("t"), _FILE_NAME.format("r")
+    # Equality only, so DuckDB joins on a hash (an OR in the key compared every pair).
+    # A batch reads each file once, so its lines' keys are distinct; the documents
+    # embedded in observations (few) may repeat: the first of each is kept.
+    for rows, same in (
+        (
+            f"new_rejects t WHERE {kind_t} = ''",
+            f"r.byte_offset = t.byte_offset AND {name_r} = {name_t}",
+        ),
+        (
+            f"(SELECT DISTINCT ON (t.host, {kind_t}, t.line) t.* FROM new_rejects t "  # noqa: S608
+            f"WHERE {kind_t} <> '' ORDER BY t.host, {kind_t}, t.line, t.byte_offset) t WHERE true",
+            f"{kind_r} = {kind_t}",
+        ),
+    ):
+        sql = (  # pieces are the constants above, not input
+            "INSERT INTO rejects SELECT t.host, t.source_path, t.byte_offset, t.reason, "  # noqa: S608
+            f"t.line, ? FROM {rows} AND NOT EXISTS (SELECT 1 FROM rejects r "
+            f"WHERE r.host IS NOT DISTINCT FROM t.host AND r.line = t.line AND {same})"
+        )
+        added = con.execute(sql, [now]).fetchall()
+        stats.rejects_added += int(added[0][0]) if added else 0
+    con.execute("DROP TABLE new_rejects")
 
 
 OBS_COLUMNS = (
@@ -947,7 +1141,7 @@ def _insert_observations(con: duckdb.DuckDBPyConnection, batch: Batch, now: date
     import pyarrow as pa
 
     if batch.obs_rejects:
-        _insert_rejects(con, batch.obs_rejects, now, batch.stats)
+        _stage_rejects(con, batch.obs_rejects, now, batch.stats)
     if not batch.observations:
         return
     rows = [tuple(o.get(c) for c in OBS_COLUMNS) for o in batch.observations]

@@ -356,7 +356,7 @@ WITH checked AS (
         CASE
             WHEN s.pre_reason IS NOT NULL THEN s.pre_reason
             WHEN s.source = 'history' AND s.line IN ('', chr(10)) THEN 'empty line'
-            WHEN s.source = 'history' AND strlen(s.line) - suffix(s.line, chr(10))::INTEGER > {MAX_LINE_BYTES}
+            WHEN strlen(s.line) - suffix(s.line, chr(10))::INTEGER > {MAX_LINE_BYTES}
                 THEN 'line too long: ' || (strlen(s.line) - suffix(s.line, chr(10))::INTEGER) || ' bytes (limit {MAX_LINE_BYTES})'
             WHEN s.source = 'history' AND starts_with(s.line, chr(65279)) THEN 'byte order mark at start of line'
             WHEN s.source = 'history' AND suffix(s.line, chr(13) || chr(10)) THEN 'CRLF line ending (history lines end with LF only)'

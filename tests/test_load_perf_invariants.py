@@ -249,10 +249,12 @@ def test_pieces_with_non_ascii_text_stay_zero_copy_and_bad_utf8_is_rejected(
 ) -> None:
     good = json.dumps(GOOD | {"role": "gecko_tëst_☃"}, ensure_ascii=False).encode() + b"\n"
     batch = load.Batch()
-    table = load._lines_table(batch, 0, 0, memoryview(good + good))
+    [piece] = load._split_lines(0, memoryview(good + good))
+    table = load._lines_table(batch, 0, 0, piece.data, piece.ends)
     assert table.num_rows == 2 and table.column("pre_reason").null_count == 2
     assert batch.raw_rejects == {}
     bad = b'{"role":"\xff"}\n'
-    table = load._lines_table(batch, 0, 0, memoryview(good + bad))
+    [piece] = load._split_lines(0, memoryview(good + bad))
+    table = load._lines_table(batch, 0, 0, piece.data, piece.ends)
     assert table.column("pre_reason").to_pylist() == [None, "invalid UTF-8 at byte 9"]
     assert batch.raw_rejects == {(0, len(good)): bad[:-1]}
