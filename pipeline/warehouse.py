@@ -387,7 +387,7 @@ def _copy_tables(
             [table],
         ).fetchall()[0][0]
         verb = "INSERT OR IGNORE" if keyed else "INSERT"  # meta: the new warehouse's own keys win
-        reader = old.execute(f"SELECT {shared} FROM {table}").to_arrow_reader()  # noqa: S608
+        reader = old.sql(f"SELECT {shared} FROM {table}").to_arrow_reader()  # noqa: S608
         new.register("carried", reader)
         try:
             new.execute(f"{verb} INTO {table} ({shared}) SELECT {shared} FROM carried")  # noqa: S608
