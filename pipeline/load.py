@@ -639,6 +639,10 @@ def _stage(batch: Batch, host: str, name: str, key: str, piece: Piece) -> None:
             batch.chunks.append(_too_long_table(batch, idx, piece, 0))
         else:
             batch.chunks.append(_text_table(batch, idx, [(start, bytes(data))]))
+    elif piece.length >= 0:  # an observation line longer than a read piece
+        batch.stats.lines += 1
+        why = f"observation too long: {piece.size - 1} bytes (limit {MAX_OBSERVATION_BYTES})"
+        batch.obs_rejects.append((host, key, start, why, bytes(data[:KEPT_OF_LONG_LINE])))
     else:
         _stage_observations(batch, host, key, start, bytes(data))
 

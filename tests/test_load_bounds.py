@@ -164,3 +164,21 @@ def test_an_oversized_record_gets_one_verdict_whichever_file_carries_it(tmp_path
     runs_b = rows(db_b, "SELECT count(*) FROM runs")
     assert rows(db_a, "SELECT count(*) FROM rejects WHERE reason LIKE 'line too long%'") == [(1,)]
     assert runs_a == runs_b, f"history: {runs_a[0][0]} runs; state file: {runs_b[0][0]} runs"
+
+
+def test_an_observation_line_longer_than_a_read_piece_is_named_too_long(tmp_path: Path) -> None:
+    """An observations.jsonl line longer than what the loader reads at once is followed to
+    its end without being held: `observation too long` (not a JSON error about a cut
+    line), its first 2 MiB kept, and the next observation loads."""
+    obs = tmp_path / "m" / HOST / "observations.jsonl"
+    obs.parent.mkdir(parents=True)
+    big = {"host": HOST, "observed_at": "2026-11-20T10:00:00Z", "reachable": True}
+    with obs.open("w") as fh:
+        fh.write(json.dumps(big | {"pad": "x" * (6 * MIB)}) + "\n")
+        fh.write(json.dumps(big | {"observed_at": "2026-11-20T11:00:00Z"}) + "\n")
+    db = tmp_path / "wh.duckdb"
+    rc, _, err = ingest_measured(db, tmp_path / "m", tmp_path, FLEETSTATE_BATCH_BYTES="4M")
+    assert rc == 0, err
+    [(reason, kept)] = rows(db, "SELECT reason, octet_length(line) FROM rejects")
+    assert str(reason).startswith("observation too long: ") and kept == 2 * MIB
+    assert rows(db, "SELECT count(*) FROM observations") == [(1,)]
