@@ -965,18 +965,11 @@ def _reject_conflicts(con: duckdb.DuckDBPyConnection, now: datetime, stats: Load
     """A record whose run_id another record with other content already has is not lost:
     it goes to rejects with its bytes, read back from the mirror (in slices, each file
     opened once per slice)."""
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE conflicts AS SELECT row_number() OVER () - 1 AS n, "
-        "host, run_id, source_path, byte_offset, kept_path, kept_offset FROM repeats "
-        "WHERE skip AND differs"
+    conflicts = (
+        "SELECT host, run_id, source_path, byte_offset, kept_path, kept_offset "
+        "FROM repeats WHERE skip AND differs"
     )
-    count = con.execute("SELECT count(*) FROM conflicts").fetchall()[0][0]
-    for first in range(0, count, REJECTS_AT_ONCE):
-        chunk = con.execute(
-            "SELECT host, run_id, source_path, byte_offset, kept_path, kept_offset "
-            "FROM conflicts WHERE n BETWEEN ? AND ?",
-            [first, first + REJECTS_AT_ONCE - 1],
-        ).fetchall()
+    for chunk in _in_slices(con, conflicts):
         found = _records_bytes([(path, offset) for _, _, path, offset, _, _ in chunk])
         rows = []
         for host, run_id, path, offset, kept_path, kept_offset in chunk:
@@ -986,7 +979,6 @@ def _reject_conflicts(con: duckdb.DuckDBPyConnection, now: datetime, stats: Load
             )
             rows.append((host, path, offset, reason, found.get((path, offset), b"")))
         _stage_rejects(con, rows, now, stats)
-    con.execute("DROP TABLE conflicts")
 
 
 def _records_bytes(places: list[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
@@ -1029,20 +1021,29 @@ def _record_bytes(source_path: str, offset: int, fh: BinaryIO) -> bytes:
 REJECTS_AT_ONCE = 10_000  # rejects go through Python (exact bytes, refined reasons) in slices
 
 
-def _reject_slow_lines(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
-    # numbered here (rowids of a table made in a transaction are not 0, 1, ...), and read
-    # a slice at a time: the inserts join the batch's transaction
+def _in_slices(con: duckdb.DuckDBPyConnection, select: str) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of `select` (a constant query over temp tables), REJECTS_AT_ONCE at a time.
+    Numbered here (rowids of a table made in a transaction are not 0, 1, ...), and each
+    slice fetched whole, so the caller may write between slices in the same transaction."""
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE bad AS SELECT row_number() OVER () - 1 AS n, host, "
-        "source_path, byte_offset, reason, line, file_idx FROM slow WHERE reason IS NOT NULL"
+        f"CREATE OR REPLACE TEMP TABLE sliced AS SELECT row_number() OVER () - 1 AS n, * "  # noqa: S608
+        f"FROM ({select})"
     )
-    count = con.execute("SELECT count(*) FROM bad").fetchall()[0][0]
+    count = con.execute("SELECT count(*) FROM sliced").fetchall()[0][0]
     for first in range(0, count, REJECTS_AT_ONCE):
-        chunk = con.execute(
-            "SELECT host, source_path, byte_offset, reason, line, file_idx FROM bad "
-            "WHERE n BETWEEN ? AND ?",
+        yield con.execute(
+            "SELECT * EXCLUDE (n) FROM sliced WHERE n BETWEEN ? AND ? ORDER BY n",
             [first, first + REJECTS_AT_ONCE - 1],
         ).fetchall()
+    con.execute("DROP TABLE sliced")
+
+
+def _reject_slow_lines(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
+    bad = (
+        "SELECT host, source_path, byte_offset, reason, line, file_idx FROM slow "
+        "WHERE reason IS NOT NULL"
+    )
+    for chunk in _in_slices(con, bad):
         rows = []
         for host, path, off, reason, line, idx in chunk:
             raw = batch.raw_rejects.get((idx, off))
@@ -1053,7 +1054,6 @@ def _reject_slow_lines(con: duckdb.DuckDBPyConnection, batch: Batch, now: dateti
                 reason = records.refine_json_reason(raw)
             rows.append((host, path, off, reason, raw))
         _stage_rejects(con, rows, now, batch.stats)
-    con.execute("DROP TABLE bad")
 
 
 REJECTS_PER_FLUSH = 20_000  # staged rejects are stored this many at a time, at most

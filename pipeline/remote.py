@@ -313,6 +313,7 @@ def _facts(sections: dict[str, bytes]) -> dict[str, Any]:
     uptime = _text(sections, "uptime")
     state = sections.get("state")
     legacy = sections.get("legacy")
+    state_is_text = _is_utf8(state)
     return {
         "os": _text(sections, "os"),
         "role": _text(sections, "role"),
@@ -326,9 +327,9 @@ def _facts(sections: dict[str, bytes]) -> dict[str, Any]:
         "vault_sha": _text(sections, "vault_sha"),
         "vault_path": _text(sections, "vault_path"),
         "uptime_s": int(uptime) if uptime and _INT.match(uptime) else None,
-        "state_file": _decode(state) if _is_utf8(state) else None,
+        "state_file": _decode(state) if state_is_text else None,
         # not UTF-8: its exact bytes, so the loader rejects them as they are on the host
-        "state_file_b64": None if _is_utf8(state) else _base64(state),
+        "state_file_b64": None if state_is_text else _base64(state),
         "state_file_path": _text(sections, "state_path"),
         "legacy_summary": _decode(legacy),
         "legacy_summary_path": _text(sections, "legacy_path"),

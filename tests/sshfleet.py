@@ -17,6 +17,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pipeline.collect import CollectOptions
 
 SSHD = "/usr/sbin/sshd"
 
@@ -337,3 +340,39 @@ class Fleet:
     def stop(self) -> None:
         for h in self.hosts.values():
             h.stop()
+
+
+# A `tail` that, when armed (/root/rotate-after names a file), rotates the history the way
+# the wrapper does (rename to .1, then a new file from /root/next-history) right after it
+# has printed that file: a rotation that lands while a collection is reading the host.
+ROTATING_TAIL = r"""#!/bin/sh
+for last in "$@"; do :; done
+if [ -f /root/rotate-after ] && [ "$last" = "$(cat /root/rotate-after)" ]; then
+  /usr/bin/tail "$@"; rc=$?
+  rm -f /root/rotate-after
+  mv /var/log/puppet_run_history.jsonl /var/log/puppet_run_history.jsonl.1
+  cat /root/next-history >/var/log/puppet_run_history.jsonl
+  exit $rc
+fi
+exec /usr/bin/tail "$@"
+"""
+
+
+def install_rotating_tail(host: SimHost) -> None:
+    shim = host.root / "ns/etc_up/fleetsim/bin/tail"
+    shim.write_text(ROTATING_TAIL)
+    os.chmod(shim, 0o755)
+
+
+def collect_options(fleet: Fleet, **kw: Any) -> CollectOptions:
+    """What the collector tests run with: the fleet's ssh_config and known_hosts, short
+    timeouts; `kw` overrides."""
+    base: dict[str, Any] = dict(
+        ssh_config=fleet.ssh_config,
+        known_hosts=fleet.known_hosts,
+        connect_timeout=5,
+        host_timeout=20,
+        backoff=0.05,
+    )
+    base.update(kw)
+    return CollectOptions(**base)

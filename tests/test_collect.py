@@ -18,10 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sshfleet import HISTORY, Fleet, SimHost, lines, record, skip_reason  # noqa: E402
+from sshfleet import HISTORY, Fleet, SimHost, collect_options, lines, record, skip_reason  # noqa: E402
 
 from pipeline import warehouse  # noqa: E402
-from pipeline.collect import CollectOptions, FleetResult, collect_fleet  # noqa: E402
+from pipeline.collect import FleetResult, collect_fleet  # noqa: E402
 from pipeline.load import load_mirror  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
 
@@ -93,21 +93,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     f.stop()
 
 
-def opts(fleet: Fleet, **kw: Any) -> CollectOptions:
-    base: dict[str, Any] = dict(
-        ssh_config=fleet.ssh_config,
-        known_hosts=fleet.known_hosts,
-        connect_timeout=5,
-        host_timeout=20,
-        backoff=0.05,
-    )
-    base.update(kw)
-    return CollectOptions(**base)
-
-
 def collect(fleet: Fleet, mirror: Path, names: list[str], **kw: Any) -> FleetResult:
     return collect_fleet(
-        [fqdn(n) if "." not in n else n for n in names], Mirror(mirror), opts(fleet, **kw)
+        [fqdn(n) if "." not in n else n for n in names],
+        Mirror(mirror),
+        collect_options(fleet, **kw),
     )
 
 
@@ -704,7 +694,10 @@ def test_ssh_config_proxyjump_proxycommand_and_agent(
 def test_whole_fleet_concurrently(fleet: Fleet, tmp_path: Path) -> None:
     events: list[Any] = []
     r = collect_fleet(
-        [fqdn(n) for n in NAMES], Mirror(tmp_path), opts(fleet, jobs=4), progress=events.append
+        [fqdn(n) for n in NAMES],
+        Mirror(tmp_path),
+        collect_options(fleet, jobs=4),
+        progress=events.append,
     )
     assert set(r.hosts_failed) == {fqdn("down")}
     assert len(r.hosts_ok) == len(NAMES) - 1

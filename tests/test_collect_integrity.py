@@ -9,7 +9,6 @@ DuckDB file, the real command as a process.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,10 +19,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sshfleet import HISTORY, Fleet, SimHost, lines, skip_reason  # noqa: E402
+from sshfleet import (  # noqa: E402
+    HISTORY,
+    Fleet,
+    SimHost,
+    collect_options,
+    install_rotating_tail,
+    lines,
+    skip_reason,
+)
 
 from pipeline import warehouse  # noqa: E402
-from pipeline.collect import CollectOptions, FleetResult, collect_fleet  # noqa: E402
+from pipeline.collect import FleetResult, collect_fleet  # noqa: E402
 from pipeline.load import load_mirror  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
 
@@ -32,22 +39,6 @@ needs_fleet = pytest.mark.skipif(SKIP is not None, reason=f"simulated fleet unav
 
 REPO = Path(__file__).resolve().parent.parent
 ROTATED = HISTORY + ".1"
-
-# A `tail` that, when armed (/root/rotate-after names a file), rotates the history the way
-# the wrapper does (rename to .1, then a new file) right after it has printed that file:
-# a rotation that lands while a collection is reading the host.
-TAIL_SHIM = r"""#!/bin/sh
-for last in "$@"; do :; done
-if [ -f /root/rotate-after ] && [ "$last" = "$(cat /root/rotate-after)" ]; then
-  /usr/bin/tail "$@"; rc=$?
-  rm -f /root/rotate-after
-  mv /var/log/puppet_run_history.jsonl /var/log/puppet_run_history.jsonl.1
-  cat /root/next-history >/var/log/puppet_run_history.jsonl
-  exit $rc
-fi
-exec /usr/bin/tail "$@"
-"""
-
 
 NAMES = ["restart", "reused", "midread", "bad", "latin1", "badstate", "cursor", "ok", "file"]
 
@@ -70,9 +61,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     for short in NAMES:
         h = f.add(fqdn(short))
         h.write("/etc/puppet_role", f"{short}-role\n")
-        shim = h.root / "ns/etc_up/fleetsim/bin/tail"
-        shim.write_text(TAIL_SHIM)
-        os.chmod(shim, 0o755)
+        install_rotating_tail(h)
     f.start()
     yield f
     f.stop()
@@ -82,20 +71,8 @@ def host(fleet: Fleet, short: str) -> SimHost:
     return fleet.hosts[fqdn(short)]
 
 
-def opts(fleet: Fleet, **kw: Any) -> CollectOptions:
-    base: dict[str, Any] = dict(
-        ssh_config=fleet.ssh_config,
-        known_hosts=fleet.known_hosts,
-        connect_timeout=5,
-        host_timeout=20,
-        backoff=0.05,
-    )
-    base.update(kw)
-    return CollectOptions(**base)
-
-
 def collect(fleet: Fleet, mirror: Path, names: list[str], **kw: Any) -> FleetResult:
-    return collect_fleet([fqdn(n) for n in names], Mirror(mirror), opts(fleet, **kw))
+    return collect_fleet([fqdn(n) for n in names], Mirror(mirror), collect_options(fleet, **kw))
 
 
 def mirrored(mirror: Path, short: str) -> bytes:

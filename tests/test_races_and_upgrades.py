@@ -27,29 +27,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from clirun import REPO, cli_env, fs  # noqa: E402
 from factories import line, record, write_history, write_observation  # noqa: E402
-from sshfleet import HISTORY, Fleet, lines, skip_reason  # noqa: E402
+from sshfleet import (  # noqa: E402
+    HISTORY,
+    Fleet,
+    collect_options,
+    install_rotating_tail,
+    lines,
+    skip_reason,
+)
 
 from pipeline import load, warehouse  # noqa: E402
-from pipeline.collect import CollectOptions, FleetResult, collect_fleet  # noqa: E402
+from pipeline.collect import FleetResult, collect_fleet  # noqa: E402
 from pipeline.mirror import Mirror  # noqa: E402
 
 SKIP = skip_reason()
 needs_fleet = pytest.mark.skipif(SKIP is not None, reason=f"simulated fleet unavailable: {SKIP}")
 ROTATED = HISTORY + ".1"
-
-# A `tail` that, when armed (/root/rotate-after names a file), rotates the history the way
-# the wrapper does (rename to .1, then a new file) right after it has printed that file.
-TAIL_SHIM = r"""#!/bin/sh
-for last in "$@"; do :; done
-if [ -f /root/rotate-after ] && [ "$last" = "$(cat /root/rotate-after)" ]; then
-  /usr/bin/tail "$@"; rc=$?
-  rm -f /root/rotate-after
-  mv /var/log/puppet_run_history.jsonl /var/log/puppet_run_history.jsonl.1
-  cat /root/next-history >/var/log/puppet_run_history.jsonl
-  exit $rc
-fi
-exec /usr/bin/tail "$@"
-"""
 
 NAMES = ["dblrot"]
 
@@ -72,23 +65,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     for short in NAMES:
         h = f.add(fqdn(short))
         h.write("/etc/puppet_role", f"{short}-role\n")
-        shim = h.root / "ns/etc_up/fleetsim/bin/tail"
-        shim.write_text(TAIL_SHIM)
-        os.chmod(shim, 0o755)
+        install_rotating_tail(h)
     f.start()
     yield f
     f.stop()
 
 
 def collect(fleet: Fleet, mirror: Path, names: list[str]) -> FleetResult:
-    options = CollectOptions(
-        ssh_config=fleet.ssh_config,
-        known_hosts=fleet.known_hosts,
-        connect_timeout=5,
-        host_timeout=20,
-        backoff=0.05,
-    )
-    return collect_fleet([fqdn(n) for n in names], Mirror(mirror), options)
+    return collect_fleet([fqdn(n) for n in names], Mirror(mirror), collect_options(fleet))
 
 
 def run_ids(data: bytes) -> list[str]:
