@@ -478,7 +478,9 @@ def rebuild(
     force: Annotated[
         bool,
         typer.Option(
-            "--force", help="Rebuild even when hosts in the warehouse are not in the mirror."
+            "--force",
+            help="Rebuild even when hosts in the warehouse are not in the mirror, or when "
+            "the old warehouse cannot be opened (what only it holds is then lost).",
         ),
     ] = False,
 ) -> None:
@@ -486,7 +488,8 @@ def rebuild(
 
     The commit graph and worker activity, which are not in the mirror, are copied from the
     old warehouse. A host the warehouse holds but the mirror has no directory for (loaded
-    with ingest --from another directory) would be dropped: refused unless --force.
+    with ingest --from another directory) would be dropped: refused unless --force. So is
+    an old warehouse that cannot be opened (its write-ahead log is not its own, say).
 
     \b
     Example: fleetstate rebuild --mirror data/mirror
@@ -509,7 +512,7 @@ def rebuild(
             )
 
     carry = warehouse.NOT_FROM_MIRROR
-    with warehouse.rebuilding(state.db, carry, keeps_every_host) as con:
+    with warehouse.rebuilding(state.db, carry, keeps_every_host, replace_unreadable=force) as con:
         stats = load.load_mirror(con, mirror)
         warehouse.mark_written(con)  # not the demo's any more, if it was
     _progress(f"rebuilt {state.db}: {stats.runs_added:,} runs, {stats.rejects_added:,} rejects")

@@ -7,15 +7,19 @@ into a fresh warehouse. A warehouse holding real data is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import activity, analytics, load, monitor, samplefleet, views, warehouse
+from pipeline import activity, analytics, load, locks, monitor, samplefleet, views, warehouse
 from pipeline.errors import FleetstateError
 
 if TYPE_CHECKING:
@@ -27,23 +31,24 @@ MARKER = ".fleetstate-demo"  # in a mirror the demo made: the next demo may repl
 def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
     _refuse_real_warehouse(db)
     end = datetime.now(UTC).replace(second=0, microsecond=0)
-    summary = _replace_mirror(mirror, end)
-    say(f"generated a sample fleet of {len(summary.hosts)} hosts in {mirror}")
-    # checked again under the warehouse's lock: an ingest may have landed meanwhile
-    with warehouse.rebuilding(db, check=lambda old: _refuse_real_data(old, db)) as con:
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('made_by', 'demo')")
-        stats = load.load_mirror(con, mirror)
-        # the sample's commit graph, as `ingest-git` would load it from a clone
-        con.executemany(
-            "INSERT INTO git_commits (sha, parents, author_time, commit_time, subject) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [
-                (c.sha, [c.parent] if c.parent else [], c.time, c.time, c.subject)
-                for c in summary.commits
-            ],
-        )
-        for pool, workers in _sample_workers(summary, end).items():
-            activity.save_activity(con, SAMPLE_QUEUE, pool, workers, observed_at=end)
+    with _one_demo_at_a_time(mirror):
+        summary = _replace_mirror(mirror, end)
+        say(f"generated a sample fleet of {len(summary.hosts)} hosts in {mirror}")
+        # checked again under the warehouse's lock: an ingest may have landed meanwhile
+        with warehouse.rebuilding(db, check=lambda old: _refuse_real_data(old, db)) as con:
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('made_by', 'demo')")
+            stats = load.load_mirror(con, mirror)
+            # the sample's commit graph, as `ingest-git` would load it from a clone
+            con.executemany(
+                "INSERT INTO git_commits (sha, parents, author_time, commit_time, subject) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (c.sha, [c.parent] if c.parent else [], c.time, c.time, c.subject)
+                    for c in summary.commits
+                ],
+            )
+            for pool, workers in _sample_workers(summary, end).items():
+                activity.save_activity(con, SAMPLE_QUEUE, pool, workers, observed_at=end)
     con = warehouse.connect(db, read_only=True)
     say(
         f"loaded {stats.runs_added:,} runs, {stats.observations_added:,} observations, "
@@ -62,6 +67,34 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
     con.close()
 
 
+@contextmanager
+def _one_demo_at_a_time(mirror: Path) -> Iterator[None]:
+    """Hold `.<mirror>.lock` beside the mirror while a demo replaces and loads it, waiting
+    FLEETSTATE_LOCK_WAIT_S for another demo to finish; then remove the sample directories
+    of demos that were killed (`.<mirror>.XXXXXXXX/` holding the demo's marker, or
+    nothing)."""
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + locks.wait_s()
+    fd = os.open(mirror.with_name(f".{mirror.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        if not locks.flock_until(fd, exclusive=True, deadline=deadline):
+            raise FleetstateError(
+                f"another demo is writing {mirror}; try again when it has finished"
+            )
+        scratch = re.compile(rf"\.{re.escape(mirror.name)}\.[a-z0-9_]{{8}}")
+        for stale in mirror.parent.iterdir():
+            if not scratch.fullmatch(stale.name) or stale.is_symlink() or not stale.is_dir():
+                continue
+            if (stale / MARKER).is_file():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    stale.rmdir()  # killed before its marker: empty, or not the demo's
+        yield
+    finally:
+        os.close(fd)
+
+
 def _replace_mirror(mirror: Path, end: datetime) -> samplefleet.SampleSummary:
     """Generate the sample beside `mirror`, then put it in its place. A directory the demo
     did not make (a real mirror, the only copy of collected history) is never removed:
@@ -73,8 +106,8 @@ def _replace_mirror(mirror: Path, end: datetime) -> samplefleet.SampleSummary:
     os.umask(umask)
     fresh.chmod(0o777 & ~umask)  # as mkdir makes it (mkdtemp's is private)
     try:
-        summary = samplefleet.generate(fresh, end)
         (fresh / MARKER).write_text("generated by `fleetstate demo`; replaced on each run\n")
+        summary = samplefleet.generate(fresh, end)
         if mirror.exists() or mirror.is_symlink():
             if not _made_by_demo(mirror, set(summary.hosts)):
                 raise FleetstateError(

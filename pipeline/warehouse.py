@@ -14,12 +14,13 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 
 import duckdb
 
+from pipeline import locks
 from pipeline.errors import FleetstateError
 
 DEFAULT_DB = Path("data/fleetstate.duckdb")
@@ -46,7 +47,7 @@ def migrations_dir() -> Path:
 
 
 def connect(
-    path: Path, read_only: bool = False, wait_s: float | None = None
+    path: Path, read_only: bool = False, wait_s: float | None = None, guard: bool = True
 ) -> duckdb.DuckDBPyConnection:
     """Open (and, when writable, migrate) the warehouse at `path`.
 
@@ -62,7 +63,7 @@ def connect(
     _refuse_non_duckdb(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = _open_checked(path, read_only, wait_s)
+    con = _open_checked(path, read_only, wait_s, guard)
     try:
         if not read_only:
             migrate(con)
@@ -78,18 +79,20 @@ def connect(
         raise
     con.close()
     try:
-        connect(path, read_only=False, wait_s=wait_s).close()
+        connect(path, read_only=False, wait_s=wait_s, guard=guard).close()
     except (WarehouseError, duckdb.Error) as exc:
         raise WarehouseError(
             f"{path} was made by an older fleetstate (without {pending[0]}) and must be "
             f"upgraded by a command that can write to it (any ingest, by its owner): {exc}"
         ) from exc
-    return connect(path, read_only=True, wait_s=wait_s)
+    return connect(path, read_only=True, wait_s=wait_s, guard=guard)
 
 
-def _open_checked(path: Path, read_only: bool, wait_s: float | None) -> duckdb.DuckDBPyConnection:
+def _open_checked(
+    path: Path, read_only: bool, wait_s: float | None, guard: bool
+) -> duckdb.DuckDBPyConnection:
     try:
-        con = _open_waiting(path, read_only, wait_s)
+        con = _open_waiting(path, read_only, wait_s, guard)
     except duckdb.IOException as exc:
         raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
     _session(con)
@@ -103,31 +106,64 @@ def _open_checked(path: Path, read_only: bool, wait_s: float | None) -> duckdb.D
 
 
 def _open_waiting(
-    path: Path, read_only: bool, wait_s: float | None = None
+    path: Path, read_only: bool, wait_s: float | None = None, guard: bool = True
 ) -> duckdb.DuckDBPyConnection:
     """duckdb.connect, waiting up to `wait_s` (FLEETSTATE_LOCK_WAIT_S, 5 s) while another
-    process holds the file's lock, then a clear error; other failures are DuckDB's."""
-    if wait_s is None:
-        raw = os.environ.get("FLEETSTATE_LOCK_WAIT_S", "").strip() or "5"  # empty: unset
-        try:
-            wait_s = float(raw)
-        except ValueError:
-            raise WarehouseError(f"FLEETSTATE_LOCK_WAIT_S must be seconds, not {raw!r}") from None
-        if not 0 <= wait_s < float("inf"):
-            raise WarehouseError(f"FLEETSTATE_LOCK_WAIT_S must be seconds, not {raw!r}")
-    deadline = time.monotonic() + wait_s
+    process holds the file's lock, then a clear error; other failures are DuckDB's.
+
+    Each attempt holds the warehouse's guard (`_guard`) shared, so no open lands while a
+    `rebuild` or `demo` puts a new file in place; `guard=False` is for the one holding it."""
+    deadline = time.monotonic() + _lock_wait(wait_s)
     while True:
-        try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise
-            if time.monotonic() >= deadline:
-                raise WarehouseError(
-                    f"warehouse {path} is locked by another fleetstate process; "
-                    "try again when it has finished"
-                ) from exc
-            time.sleep(0.2)
+        with _guard(path, exclusive=False, deadline=deadline) if guard else nullcontext():
+            try:
+                return duckdb.connect(str(path), read_only=read_only)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    raise _locked(path) from exc
+        time.sleep(0.2)
+
+
+def _lock_wait(wait_s: float | None) -> float:
+    """`wait_s`, or FLEETSTATE_LOCK_WAIT_S."""
+    return locks.wait_s() if wait_s is None else wait_s
+
+
+def _locked(path: Path) -> WarehouseError:
+    return WarehouseError(
+        f"warehouse {path} is locked by another fleetstate process; try again when it has finished"
+    )
+
+
+def guard_path(path: Path) -> Path:
+    """The warehouse's guard file, `<db>.lock` beside the file a --db link names."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + ".lock")
+
+
+@contextmanager
+def _guard(path: Path, exclusive: bool, deadline: float) -> Iterator[None]:
+    """Hold the warehouse's guard file locked (flock), waiting until `deadline`.
+
+    DuckDB's own lock lives and dies with a connection, so it cannot cover the moment a
+    rebuilt file is renamed over the old one: `rebuilding` holds the guard exclusively
+    from before it opens the old file until after the rename, and every other open holds
+    it shared while it connects. Where the guard cannot be made (a warehouse in a
+    directory this user may not write), the open goes on unguarded: nobody who could
+    rebuild it can either."""
+    try:
+        fd = os.open(guard_path(path), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        if not locks.flock_until(fd, exclusive, deadline):
+            raise _locked(path)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _refuse_foreign(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -304,59 +340,80 @@ def rebuilding(
     path: Path,
     carry: Sequence[str] = (),
     check: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    replace_unreadable: bool = False,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A new, empty warehouse that takes the place of the one at `path` when the block ends
-    without an error (`rebuild`, `demo`). The old one is held open meanwhile, so another
-    process using it is refused (locked) instead of writing on into a deleted file, and a
-    crash or an error leaves the old one as it was. `check(old)` may refuse (raise) before
-    anything is built; the tables in `carry` are copied from the old one (the columns both
-    have). A file DuckDB cannot open at all (a release whose storage it does not read, say)
-    is replaced without being held. Scratch files of rebuilds that were killed go."""
+    without an error (`rebuild`, `demo`).
+
+    The guard (`_guard`) is held exclusively from before the old warehouse is opened until
+    the new one is in its place, and the old one is held open while the new one is built:
+    another process is refused (locked) rather than writing into a file about to be
+    replaced. A crash or an error leaves the old one as it was. `check(old)` may refuse
+    (raise) before anything is built; the tables in `carry` are copied from the old one
+    (the columns both have). An old file DuckDB cannot open (a release whose storage it
+    does not read, a log that is not its own) is refused unless `replace_unreadable`: its
+    carried tables would be lost. Scratch files of rebuilds that were killed go."""
     path = Path(os.path.realpath(path))  # --db a symbolic link: the file it names
-    old = None
-    if path.exists():
-        _refuse_non_duckdb(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _guard(path, exclusive=True, deadline=time.monotonic() + _lock_wait(None)):
+        old = _open_old(path, replace_unreadable)
         try:
-            old = _open_waiting(path, read_only=False)
-        except duckdb.Error:
-            pass  # not openable (a release whose storage it does not read): not held
-        if old is not None:
-            try:
-                _session(old)
-                _refuse_foreign(old, path)
-                _refuse_newer(old, path)
-                if check is not None:
-                    check(old)
-            except BaseException:
-                old.close()
-                raise
+            if old is not None and check is not None:
+                check(old)
             scratch_name = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.rebuild(\.wal)?")
-            for stale in path.parent.iterdir():  # a killed rebuild's (we hold the lock)
+            for stale in path.parent.iterdir():  # a killed rebuild's (we hold the guard)
                 if scratch_name.fullmatch(stale.name):
                     stale.unlink(missing_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".rebuild", dir=path.parent)
-    os.close(fd)
-    new = Path(scratch)  # its own name: two rebuilds of a new warehouse do not collide
-    try:
-        remove(new)
-        con = connect(new)
-        try:
-            if old is not None:
-                _copy_tables(old, con, carry)
-            yield con
-            con.execute("CHECKPOINT")
+            fd, scratch = tempfile.mkstemp(
+                prefix=f".{path.name}.", suffix=".rebuild", dir=path.parent
+            )
+            os.close(fd)
+            new = Path(scratch)
+            try:
+                remove(new)
+                con = connect(new, guard=False)
+                try:
+                    if old is not None:
+                        _copy_tables(old, con, carry)
+                    yield con
+                    con.execute("CHECKPOINT")
+                finally:
+                    con.close()
+                if old is not None:
+                    old.close()  # checkpoints: its log is empty and goes before the rename
+                    old = None
+                path.with_name(path.name + ".wal").unlink(missing_ok=True)
+                os.replace(new, path)
+            finally:
+                remove(new)
         finally:
-            con.close()
-        if old is not None:
-            old.close()  # checkpoints: its log is empty and goes before the file is replaced
-            old = None
-        path.with_name(path.name + ".wal").unlink(missing_ok=True)
-        os.replace(new, path)
-    finally:
-        if old is not None:
-            old.close()
-        remove(new)
+            if old is not None:
+                old.close()
+
+
+def _open_old(path: Path, replace_unreadable: bool) -> duckdb.DuckDBPyConnection | None:
+    """The warehouse `rebuilding` replaces, open and checked (None: there is none, or it is
+    unreadable and may be replaced). The caller holds the guard."""
+    if not path.exists() or (path.is_file() and not path.stat().st_size):
+        return None  # an empty file is no warehouse (as for `connect`)
+    _refuse_non_duckdb(path)
+    try:
+        old = _open_waiting(path, read_only=False, guard=False)
+    except duckdb.Error as exc:
+        if replace_unreadable:
+            return None
+        raise WarehouseError(
+            f"cannot open the warehouse {path} to replace it ({exc}); `rebuild "
+            "--force` replaces it, losing what only it holds (git_commits, worker_activity)"
+        ) from exc
+    try:
+        _session(old)
+        _refuse_foreign(old, path)
+        _refuse_newer(old, path)
+    except BaseException:
+        old.close()
+        raise
+    return old
 
 
 def _copy_tables(
