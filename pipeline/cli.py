@@ -296,7 +296,7 @@ def rollout(
              fleetstate rollout 3f2a9c1 --watch --interval 300 --ingest hosts.txt
              fleetstate rollout 3f2a9c1 --format csv --part curve
     """
-    from pipeline import views
+    from pipeline import locks, views
 
     if not watch and (
         from_dir is not None or ingest_targets or iterations is not None or interval is not None
@@ -315,11 +315,18 @@ def rollout(
     shown: Rollout | None = None  # json and csv: the refresh stdout has not had yet
     try:
         while True:
-            if ingesting:
-                _ingest_quietly(ingest_targets, from_dir)
-            # after an ingest in this process, reopen the warehouse the way the ingest did
-            result = _rollout_once(sha, role, stale_hours, read_only=not ingesting)
             refreshes += 1
+            try:
+                if ingesting:
+                    _ingest_quietly(ingest_targets, from_dir)
+                # after an ingest in this process, reopen the warehouse the way the ingest did
+                result = _rollout_once(sha, role, stale_hours, read_only=not ingesting)
+            except locks.Busy as exc:  # a cron ingest, say: a watch tries again next time
+                if not watch or refreshes == iterations:
+                    raise
+                _progress(f"{exc} (refresh {refreshes} skipped)")
+                time.sleep(60.0 if interval is None else interval)
+                continue
             gate_met = min_pct is not None and result.meets(min_pct)
             last = not watch or result.complete or gate_met or refreshes == iterations
             if fmt is Format.table:

@@ -12,6 +12,10 @@ import time
 from pipeline.errors import FleetstateError
 
 
+class Busy(FleetstateError):
+    """Another fleetstate process held a lock longer than FLEETSTATE_LOCK_WAIT_S."""
+
+
 def wait_s() -> float:
     """FLEETSTATE_LOCK_WAIT_S in seconds (5 when unset or empty)."""
     raw = os.environ.get("FLEETSTATE_LOCK_WAIT_S", "").strip() or "5"  # empty: unset

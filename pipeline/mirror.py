@@ -9,15 +9,15 @@ the cursor is read, and the re-pull appends them exactly once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import FleetstateError
+from pipeline import locks
 from pipeline.targets import validate_host
 
 HISTORY = "history.jsonl"
@@ -82,13 +82,16 @@ class Mirror:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold an exclusive lock on the mirror: one collector at a time."""
+        """Hold an exclusive lock on the mirror: one collector at a time (another waits
+        FLEETSTATE_LOCK_WAIT_S for it, as for the warehouse)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + locks.wait_s()
         with open(self.root / ".lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise FleetstateError(f"another collector is using the mirror {self.root}") from exc
+            if not locks.flock_until(fh.fileno(), exclusive=True, deadline=deadline):
+                raise locks.Busy(
+                    f"another collector is using the mirror {self.root}; "
+                    "try again when it has finished"
+                )
             yield
 
     def read_cursor(self, host: str) -> Cursor:

@@ -131,8 +131,12 @@ def _lock_wait(wait_s: float | None) -> float:
     return locks.wait_s() if wait_s is None else wait_s
 
 
-def _locked(path: Path) -> WarehouseError:
-    return WarehouseError(
+class WarehouseLocked(WarehouseError, locks.Busy):
+    """Another process kept the warehouse locked longer than FLEETSTATE_LOCK_WAIT_S."""
+
+
+def _locked(path: Path) -> WarehouseLocked:
+    return WarehouseLocked(
         f"warehouse {path} is locked by another fleetstate process; try again when it has finished"
     )
 

@@ -8,6 +8,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -175,10 +177,42 @@ def test_mirror_pulls_again_when_history_was_deleted(tmp_path: Path) -> None:
     assert (m.read_cursor("h1").inode, m.read_cursor("h1").offset) == (0, 0)
 
 
-def test_one_collector_per_mirror(tmp_path: Path) -> None:
+def test_one_collector_per_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETSTATE_LOCK_WAIT_S", "0.2")
     m = Mirror(tmp_path)
     with m.locked(), pytest.raises(FleetstateError, match="another collector"), m.locked():
         pass
+
+
+def test_a_second_collector_waits_for_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cron ingest and an operator's overlap: the second waits FLEETSTATE_LOCK_WAIT_S
+    for the mirror, as for the warehouse (it used to fail at once)."""
+    monkeypatch.setenv("FLEETSTATE_LOCK_WAIT_S", "60")
+    m = Mirror(tmp_path)
+    held, release = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first() -> None:
+        with m.locked():
+            held.set()
+            release.wait(60)
+
+    def second() -> None:
+        held.wait(60)
+        with m.locked():
+            seen.append(release.is_set())  # it got in only once the first let go
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    held.wait(60)
+    time.sleep(0.3)  # the second is trying meanwhile (not a timing assertion)
+    release.set()
+    for t in threads:
+        t.join(60)
+    assert seen == [True]
 
 
 def test_errors_are_fleetstate_errors(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ first audit event of a given name whose arguments contain a given text, e.g. the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from clirun import REPO, cli_env, fs  # noqa: E402
-from factories import line, record, write_history  # noqa: E402
+from factories import SHA_A, line, record, write_history  # noqa: E402
 
 # Stops the process at audit events: PAUSE_AT is `event=text;event=text;...`, taken in order;
 # at the first event named like the next item with an argument containing its text, the file
@@ -298,3 +299,37 @@ def test_rebuild_refuses_an_old_warehouse_it_cannot_open_unless_forced(tmp_path:
     assert forced.returncode == 0, forced.stderr
     assert runs_of(db, "h1.example.com") == 1
     assert fs(db, "status").returncode == 0
+
+
+def test_a_watch_skips_a_refresh_while_another_process_holds_the_warehouse(
+    tmp_path: Path,
+) -> None:
+    """`rollout --watch --from DIR` alongside a cron ingest: a refresh that finds the
+    warehouse locked beyond FLEETSTATE_LOCK_WAIT_S used to end the watch (exit 1); now it is
+    skipped with a line on stderr and the watch goes on to complete once the lock is gone."""
+    db, replace = _warehouse(tmp_path, "rebuild")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "sys.stdin.readline(); c.close()", str(db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline().strip() == "held"
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--db", str(db), "rollout", SHA_A, "--watch",
+         "--from", replace[-1], "--interval", "0.2", "--iterations", "100000",
+         "--format", "json", "--part", "summary"],
+        cwd=REPO, env={**cli_env(), "FLEETSTATE_LOCK_WAIT_S": "0.1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert watch.stderr is not None
+    skipped = watch.stderr.readline()
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    holder.wait(60)
+    out, err = watch.communicate(timeout=120)
+    assert "is locked by another fleetstate process" in skipped and "(refresh 1 skipped)" in skipped
+    assert watch.returncode == 0, err[-500:]
+    (summary,) = json.loads(out)
+    assert summary["hosts"] == 3 and summary["converged"] == 3
