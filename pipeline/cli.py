@@ -72,6 +72,9 @@ def main_options(
     ctx.call_on_close(state.close)
 
 
+DEFAULT_MIRROR = Path("data/mirror")
+
+
 def _open(read_only: bool = True) -> duckdb.DuckDBPyConnection:
     from pipeline import warehouse
 
@@ -98,9 +101,9 @@ def ingest(
     from_dir: Annotated[
         Path | None, typer.Option("--from", help="Load a mirror-layout directory instead of SSH.")
     ] = None,
-    mirror: Annotated[Path, typer.Option(help="Where collected bytes are kept.")] = Path(
-        "data/mirror"
-    ),
+    mirror: Annotated[
+        Path, typer.Option(envvar="FLEETSTATE_MIRROR", help="Where collected bytes are kept.")
+    ] = DEFAULT_MIRROR,
     jobs: Annotated[
         int, typer.Option(min=1, max=256, metavar="N", help="Hosts collected at once.")
     ] = 16,
@@ -286,6 +289,12 @@ def rollout(
         int | None,
         typer.Option(min=1, metavar="N", help="--watch: stop after this many refreshes."),
     ] = None,
+    mirror: Annotated[
+        Path,
+        typer.Option(
+            envvar="FLEETSTATE_MIRROR", help="--watch --ingest: where collected bytes are kept."
+        ),
+    ] = DEFAULT_MIRROR,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Progress of a commit across the fleet, in depth: statuses, how far behind or ahead each
@@ -318,7 +327,7 @@ def rollout(
             refreshes += 1
             try:
                 if ingesting:
-                    _ingest_quietly(ingest_targets, from_dir)
+                    _ingest_quietly(ingest_targets, from_dir, mirror)
                 # after an ingest in this process, reopen the warehouse the way the ingest did
                 result = _rollout_once(sha, role, stale_hours, read_only=not ingesting)
             except locks.Busy as exc:  # a cron ingest, say: a watch tries again next time
@@ -387,10 +396,10 @@ def _rollout_once(sha: str, role: str | None, stale_hours: int, read_only: bool)
         con.close()
 
 
-def _ingest_quietly(targets: list[str] | None, from_dir: Path | None) -> None:
+def _ingest_quietly(targets: list[str] | None, from_dir: Path | None, mirror: Path) -> None:
     """The same ingest the user would run; hosts that fail are reported, not fatal, in a watch."""
     try:
-        ingest(targets=targets, from_dir=from_dir)
+        ingest(targets=targets, from_dir=from_dir, mirror=mirror)
     except typer.Exit as exc:
         if exc.exit_code != Exit.PARTIAL:
             raise
@@ -481,7 +490,9 @@ def sql(
 
 @app.command()
 def rebuild(
-    mirror: Annotated[Path, typer.Option(help="The mirror to rebuild from.")] = Path("data/mirror"),
+    mirror: Annotated[
+        Path, typer.Option(envvar="FLEETSTATE_MIRROR", help="The mirror to rebuild from.")
+    ] = DEFAULT_MIRROR,
     force: Annotated[
         bool,
         typer.Option(

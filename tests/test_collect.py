@@ -906,3 +906,41 @@ def test_rollout_watch_collects_over_ssh_with_the_operators_ssh_config(
     assert summary[0]["pct_converged"] == 100.0
     assert (home / ".ssh" / "known_hosts").exists() is False  # ssh_config's file was used
     assert (tmp_path / "data" / "mirror" / fqdn("basic") / "history.jsonl").exists()
+
+
+def test_rollout_watch_and_ingest_collect_into_the_mirror_the_operator_names(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """`rollout --watch --ingest` took the collector's default mirror (data/mirror) only, so
+    a watch beside `ingest --mirror M` pulled every host's history again into a second
+    mirror. Now the watch takes --mirror, and both take FLEETSTATE_MIRROR."""
+    home = tmp_path / "operator"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host *.fleet.test\n  UserKnownHostsFile {fleet.known_hosts}\n\n"
+        + fleet.ssh_config.read_text()
+    )
+    db = str(tmp_path / "w.duckdb")
+    env = {**os.environ, "HOME": str(home)}
+    watch = [
+        sys.executable, "-m", "pipeline", "--db", db, "rollout", "a" * 40, "--watch",
+        "--ingest", fqdn("basic"), "--interval", "0", "--iterations", "3",
+        "--stale-hours", "100000", "--part", "summary", "-f", "json",
+    ]  # fmt: skip
+    named = tmp_path / "named"
+    proc = subprocess.run(
+        [*watch, "--mirror", str(named)], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["converged"] == 1
+    assert (named / fqdn("basic") / "history.jsonl").stat().st_size > 0
+    from_env = tmp_path / "from-env"
+    for cmd in (watch, [sys.executable, "-m", "pipeline", "--db", db, "ingest", fqdn("basic")]):
+        done = subprocess.run(
+            cmd, cwd=tmp_path, env={**env, "FLEETSTATE_MIRROR": str(from_env)},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert (from_env / fqdn("basic") / "history.jsonl").stat().st_size > 0
+    assert not (tmp_path / "data").exists()  # the default mirror was never made
