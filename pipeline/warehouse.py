@@ -147,6 +147,10 @@ def guard_path(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
+# read-only suffices for flock; non-blocking: a FIFO in its place must not hang the open
+_GUARD_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+
+
 @contextmanager
 def _guard(path: Path, exclusive: bool, deadline: float) -> Iterator[None]:
     """Hold the warehouse's guard file locked (flock), waiting until `deadline`.
@@ -158,7 +162,7 @@ def _guard(path: Path, exclusive: bool, deadline: float) -> Iterator[None]:
     directory this user may not write), the open goes on unguarded: nobody who could
     rebuild it can either."""
     try:
-        fd = os.open(guard_path(path), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = os.open(guard_path(path), _GUARD_FLAGS, 0o666)
     except OSError:
         yield
         return
