@@ -31,8 +31,8 @@ class Rollout:
         return None if value is None else float(value)
 
     def meets(self, min_pct: float) -> bool:
-        """At least `min_pct` percent of the hosts in scope converged, compared exactly (the
-        summary's pct_converged is rounded); never with no hosts in scope."""
+        """At least `min_pct` percent of the hosts in scope converged, compared exactly (in
+        integers: pct_converged is a float); never with no hosts in scope."""
         s = self.summary.row(0, named=True)
         return bool(s["hosts"]) and s["converged"] * 100 >= min_pct * s["hosts"]
 

@@ -7,6 +7,7 @@ commands so that `--help` starts instantly.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from enum import StrEnum
@@ -73,6 +74,13 @@ def main_options(
 
 
 DEFAULT_MIRROR = Path("data/mirror")
+
+
+def _sha_form(value: str | None) -> str | None:
+    """What cannot name a commit (7 to 40 hex digits) is a usage error (exit 2)."""
+    if value is not None and not re.fullmatch(r"[0-9a-fA-F]{7,40}", value):
+        raise typer.BadParameter(f"not a commit sha or prefix of 7+ hex digits: {value!r}")
+    return value
 
 
 def _open(read_only: bool = True) -> duckdb.DuckDBPyConnection:
@@ -245,7 +253,10 @@ class Part(StrEnum):
 
 @app.command()
 def rollout(
-    sha: Annotated[str, typer.Argument(help="Full sha or a unique prefix of 7+ hex digits.")],
+    sha: Annotated[
+        str,
+        typer.Argument(help="Full sha or a unique prefix of 7+ hex digits.", callback=_sha_form),
+    ],
     role: Annotated[str | None, typer.Option(help="Only hosts of this role.")] = None,
     min_pct: Annotated[
         float | None,
@@ -410,7 +421,9 @@ def history(
     host: Annotated[
         str, typer.Argument(help="Host name as in `status` (any case), or its unique short name.")
     ],
-    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Newest runs shown.")] = 50,
+    limit: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Only the newest N runs [all].")
+    ] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """The runs of one host, newest first.
@@ -420,7 +433,11 @@ def history(
     """
     from pipeline import report, views
 
-    views.emit_history(report.history(_open(), host, limit), fmt.value)
+    runs = report.history(_open(), host, None if limit is None else limit + 1)
+    if limit is not None and runs.height > limit:  # said, so a script knows it is cut
+        runs = runs.head(limit)
+        _progress(f"the newest {limit} runs shown; the host has more (without --limit: all)")
+    views.emit_history(runs, fmt.value)
 
 
 class DriftPart(StrEnum):
@@ -632,6 +649,7 @@ def metrics(
         typer.Option(
             "--rollout",
             envvar="FLEETSTATE_ROLLOUT_SHA",
+            callback=_sha_form,
             help="Also export the rollout share of this commit.",
         ),
     ] = None,

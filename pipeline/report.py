@@ -68,8 +68,8 @@ def resolve_host(con: duckdb.DuckDBPyConnection, name: str) -> str:
     raise FleetstateError(f"{name!r} is ambiguous: {names}{' ...' if len(hosts) > 5 else ''}")
 
 
-def history(con: duckdb.DuckDBPyConnection, host: str, limit: int = 50) -> pl.DataFrame:
-    """The runs of one host, newest first."""
+def history(con: duckdb.DuckDBPyConnection, host: str, limit: int | None = None) -> pl.DataFrame:
+    """The runs of one host, newest first (the newest `limit`, or all)."""
     host = resolve_host(con, host)
     return _frame(
         con,

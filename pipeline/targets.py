@@ -44,7 +44,7 @@ def _looks_like_file(arg: str) -> bool:
         os.sep in arg
         or arg.startswith(".")
         or arg.lower().endswith(_LIST_SUFFIXES)
-        or Path(arg).exists()
+        or Path(arg).is_file()  # not a directory: a mirror holds one per host
     )
 
 

@@ -107,7 +107,7 @@ def _summary_lines(r: analytics.Rollout) -> list[str]:
         f"commit {s['sha']}  {subject}",
         f"authored {authored}  first seen {render._jsonable(s['first_seen']) or 'never'}"
         + (f"  branches {render.printable(' '.join(s['branches']))}" if s["branches"] else ""),
-        f"{s['pct_converged'] or 0}% converged: {s['converged']} of {s['hosts']} hosts; "
+        f"{s['pct_converged'] or 0:.1f}% converged: {s['converged']} of {s['hosts']} hosts; "
         f"{s['failed']} failed, {s['regressed']} regressed, {s['pending']} pending, "
         f"{s['unreported']} unreported",
         f"time to converge since first seen: p50 {_dur(s['p50_converge_s'])}, "

@@ -9,6 +9,6 @@ CREATE OR REPLACE MACRO status_counts(status) AS {
     'pending': count(*) FILTER (WHERE status = 'pending'),
     'regressed': count(*) FILTER (WHERE status = 'regressed'),
     'unreported': count(*) FILTER (WHERE status = 'unreported'),
-    'pct_converged': round(100.0 * count(*) FILTER (WHERE status = 'converged')
-                           / nullif(count(*), 0), 1)
+    -- the contract's converged / hosts x 100, not rounded (reports round what they show)
+    'pct_converged': 100.0 * count(*) FILTER (WHERE status = 'converged') / nullif(count(*), 0)
 };

@@ -158,7 +158,7 @@ def test_rollout_prefix_errors_name_the_problem(tmp_path: Path) -> None:
     unknown = fs(db, "rollout", "1234567")
     assert unknown.returncode == 1 and "no commit starting with 1234567" in unknown.stderr
     short = fs(db, "rollout", "abc")
-    assert short.returncode == 1 and "7+ hex" in short.stderr
+    assert short.returncode == 2 and "7+ hex" in short.stderr  # usage
     assert "Traceback" not in ambiguous.stderr + unknown.stderr + short.stderr
 
 

@@ -49,11 +49,25 @@ def test_ctrl_c_stops_a_host_that_is_still_connecting(tmp_path: Path, blackhole_
     host goes on until --connect-timeout (and, had it connected, through the whole session)."""
     (tmp_path / "ssh_config").write_text("")
     args = [
-        "ingest", "localhost", "--ssh-config", str(tmp_path / "ssh_config"),
-        "--known-hosts", str(tmp_path / "known_hosts"), "--user", "nobody",
-        "--port", str(blackhole_port), "--mirror", str(tmp_path / "mirror"),
-        "--timeout", "40", "--connect-timeout", "20", "--retries", "0",
-    ]  # fmt: skip
+        "ingest",
+        "localhost",
+        "--ssh-config",
+        str(tmp_path / "ssh_config"),
+        "--known-hosts",
+        str(tmp_path / "known_hosts"),
+        "--user",
+        "nobody",
+        "--port",
+        str(blackhole_port),
+        "--mirror",
+        str(tmp_path / "mirror"),
+        "--timeout",
+        "86400",
+        "--connect-timeout",
+        "3600",
+        "--retries",
+        "0",
+    ]  # fmt: skip  (a day, an hour: only stopping on Ctrl-C ends it)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "--db", str(tmp_path / "wh.duckdb"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
@@ -61,11 +75,13 @@ def test_ctrl_c_stops_a_host_that_is_still_connecting(tmp_path: Path, blackhole_
     )  # fmt: skip
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    _, err = proc.communicate(timeout=60)
-    took = time.monotonic() - sent
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the ingest did not stop on Ctrl-C while its host was connecting")
     assert proc.returncode == 130 and "interrupted" in err, err
-    assert took < 5, f"exited {took:.1f}s after Ctrl-C"
 
 
 # --- load: observations of one instant ---------------------------------------------------

@@ -201,9 +201,10 @@ def test_stale_lock_from_a_dead_holder_is_broken(host: Host) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     (lock / "owner").write_text(f"{dead.pid} {int(time.time())}\n")
-    start = time.monotonic()
-    proc = host.bash(f'write_puppet_state "{host.working_dir}" r 0 1 /o /v')
-    assert time.monotonic() - start < 3
+    # an hour's wait for a live holder: only breaking the dead one's lock ends it in time
+    proc = host.bash(
+        f'write_puppet_state "{host.working_dir}" r 0 1 /o /v', PUPPET_STATE_LOCK_TIMEOUT_S="3600"
+    )
     assert b"breaking stale history lock" in proc.stderr
     assert len(host.history_records()) == 1 and not lock.exists()
 
@@ -212,11 +213,9 @@ def test_lock_wait_is_bounded(host: Host) -> None:
     lock = Path(f"{host.history}.lock")
     lock.mkdir()
     (lock / "owner").write_text(f"{os.getpid()} {int(time.time())}\n")  # alive, fresh
-    start = time.monotonic()
-    proc = host.bash(
+    proc = host.bash(  # the holder stays for good: only the bound ends the wait
         f'write_puppet_state "{host.working_dir}" r 0 1 /o /v', PUPPET_STATE_LOCK_TIMEOUT_S="1"
     )
-    assert time.monotonic() - start < 4
     assert proc.returncode == 0 and b"appending without it" in proc.stderr
     assert len(host.history_records()) == 1 and lock.exists()  # the holder's lock stays
 
