@@ -463,9 +463,15 @@ class SshTarget:
     known_hosts: tuple[Path, ...] = ()  # ssh_config's UserKnownHostsFile
     global_known_hosts: tuple[Path, ...] = GLOBAL_KNOWN_HOSTS  # ... GlobalKnownHostsFile
     strict_host_key_checking: str | None = None  # ssh_config's StrictHostKeyChecking
+    host_key_alias: str | None = None  # ssh_config's HostKeyAlias
 
     @property
     def known_hosts_name(self) -> str:
+        """The name the server's key is looked up and saved under: HostKeyAlias as it is
+        (a tunnel or a shared address names the host, not the address), else the host
+        name, with its port when not 22 (as ssh does)."""
+        if self.host_key_alias:
+            return self.host_key_alias
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
@@ -605,6 +611,7 @@ def _resolve(
         global_known_hosts=_config_paths(c.get("globalknownhostsfile"), tokens)
         or GLOBAL_KNOWN_HOSTS,
         strict_host_key_checking=c.get("stricthostkeychecking", "").lower() or None,
+        host_key_alias=c.get("hostkeyalias") or None,
     )
 
 
@@ -666,14 +673,17 @@ class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
         known: list[paramiko.PKey] | None = None,
         revoked: Callable[[paramiko.PKey], bool] | None = None,
         authority: bool = False,
+        name: str | None = None,
     ) -> None:
         self.path, self.accept_new, self.known = path, accept_new, known or []
+        self.name = name  # known_hosts' name for the server (paramiko's, without an alias)
         self.revoked = revoked or (lambda key: False)
         self.authority = authority
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
+        hostname = self.name or hostname  # HostKeyAlias: paramiko knows only the address
         if self.revoked(key):
             raise _revoked(hostname, key)
         if any(knownhosts.same_key(key, k) for k in self.known):
@@ -818,7 +828,7 @@ def _handshake(
     authority = any(e.marker == "cert-authority" for e in lines)
     accept = _accepts_new_keys(target, options)
     client.set_missing_host_key_policy(
-        _KnownHostsPolicy(files[0], accept, known, revoked, authority)
+        _KnownHostsPolicy(files[0], accept, known, revoked, authority, name)
     )
     t = options.connect_timeout
     try:

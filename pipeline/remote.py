@@ -37,19 +37,33 @@ H=/var/log/puppet_run_history.jsonl
 R="$H.1"
 printf 'FLEETSTATE-REPORT 1\n'
 sec() { printf '@%s %d\n%s\n' "$1" "${#2}" "$2"; }
-fsize() { n=$(wc -c <"$1" 2>/dev/null | tr -d ' \t') || n=0; echo "${n:-0}"; }
-# bsec NAME FILE SKIP LEN: exactly LEN bytes of FILE from offset SKIP.
+# bsec NAME FILE SKIP LEN INODE: exactly LEN bytes of FILE from offset SKIP, read from
+# FILE opened once and only if the open file is INODE, the regular file checked before
+# (not one a link swapped in since points to, nor the next file of a rotation); else
+# LEN NULs and a section NAME_swapped, and the collector takes none of it.
 bsec() {
-  printf '@%s %d\n' "$1" "$4"
-  if [ "$4" -gt 0 ]; then
-    { tail -c +"$(($3 + 1))" "$2" 2>/dev/null | head -c "$4"; head -c "$4" /dev/zero; } |
-      head -c "$4"
-  fi
-  printf '\n'
+  { if [ "$(stl /dev/fd/3)" = "$5" ]; then ok=1; else ok=0; fi
+    printf '@%s %d\n' "$1" "$4"
+    if [ "$4" -gt 0 ]; then
+      { [ "$ok" = 1 ] && tail -c +"$(($3 + 1))" <&3 2>/dev/null | head -c "$4"
+        head -c "$4" /dev/zero; } | head -c "$4"
+    fi
+    printf '\n'
+    [ "$ok" = 1 ] || sec "${1}_swapped" 1
+    :; } 3<"$2" 2>/dev/null || { printf '@%s 0\n\n' "$1"; sec "${1}_swapped" 1; }
 }
-fsec() { if [ -f "$2" ] && [ -r "$2" ]; then bsec "$1" "$2" 0 "$(fsize "$2")"; fi; }
+# A symbolic link where a file of ours should be is never followed: whoever may write
+# its directory (group syslog on /var/log) could point it at a root-only file.
+reg() { [ -f "$1" ] && [ ! -h "$1" ]; }
+fsec() {
+  if reg "$2" && [ -r "$2" ]; then
+    set -- "$1" "$2" $(st "$2"); bsec "$1" "$2" 0 "${4:-0}" "${3:-0}"
+  fi
+}
+# st FILE: inode and size of FILE itself (a link's own); stl FILE: inode of what it names
 if stat -c %i / >/dev/null 2>&1; then st() { stat -c '%i %s' "$1" 2>/dev/null; }
-else st() { stat -f '%i %z' "$1" 2>/dev/null; }; fi
+  stl() { stat -L -c %i "$1" 2>/dev/null; }
+else st() { stat -f '%i %z' "$1" 2>/dev/null; }; stl() { stat -L -f %i "$1" 2>/dev/null; }; fi
 if command -v sha256sum >/dev/null 2>&1; then SHA=sha256sum
 elif command -v shasum >/dev/null 2>&1; then SHA='shasum -a 256'
 else SHA='openssl dgst -sha256 -r'; fi
@@ -77,7 +91,7 @@ if [ "$OS" = Darwin ]; then
 elif [ -r /proc/uptime ]; then read -r up _ </proc/uptime; up=${up%%.*}
 fi
 sec uptime "$up"
-[ -r /etc/puppet_role ] && sec role "$(head -n 1 /etc/puppet_role)"
+reg /etc/puppet_role && [ -r /etc/puppet_role ] && sec role "$(head -n 1 /etc/puppet_role)"
 sec override_path "$OVR"
 if [ -f "$OVR" ]; then
   sec override_sha "$(hash1 "$OVR")"
@@ -89,7 +103,9 @@ vs=; vh=
 if [ "$(id -u)" = 0 ]; then
   if [ -f "$V" ]; then vh=$(hash1 "$V"); if [ -n "$vh" ]; then vs=present; else vs=unreadable; fi
   else vs=absent; fi
-elif [ -r "$V" ]; then vh=$(hash1 "$V"); vs=present
+elif [ -f "$V" ] && [ -r "$V" ]; then
+  vh=$(hash1 "$V"); if [ -n "$vh" ]; then vs=present; else vs=unreadable; fi
+elif [ -e "$V" ] && [ ! -f "$V" ]; then vs=unreadable  # a FIFO, a directory: not hashed
 elif sudo -n true >/dev/null 2>&1; then
   if sudo -n test -f "$V" >/dev/null 2>&1; then
     set -- $(sudo -n $SHA "$V" 2>/dev/null); vh=${1:-}
@@ -100,26 +116,29 @@ sec vault_status "$vs"
 [ -n "$vh" ] && sec vault_sha "$vh"
 SF=
 for p in /etc/puppet/last_run_metadata.json /opt/puppet_environments/last_run_metadata.json; do
-  if [ -f "$p" ]; then SF=$p; break; fi
+  if reg "$p"; then SF=$p; break; fi
 done
 if [ -n "$SF" ]; then sec state_path "$SF"; fsec state "$SF"
 elif [ ! -e "$H" ] && [ ! -e "$R" ]; then
   for p in /opt/puppetlabs/puppet/public/last_run_summary.yaml \
            /opt/puppetlabs/puppet/cache/state/last_run_summary.yaml \
            /var/lib/puppet/state/last_run_summary.yaml; do
-    if [ -f "$p" ]; then sec legacy_path "$p"; fsec legacy "$p"; break; fi
+    if reg "$p"; then sec legacy_path "$p"; fsec legacy "$p"; break; fi
   done
 fi
-ur=
-for f in "$H" "$R"; do if [ -e "$f" ] && [ ! -r "$f" ]; then ur="$ur $f"; fi; done
+ur=; ln=
+for f in "$H" "$R"; do
+  if [ -h "$f" ]; then ln="$ln $f"; elif [ -e "$f" ] && [ ! -r "$f" ]; then ur="$ur $f"; fi
+done
 [ -n "$ur" ] && sec unreadable "${ur# }"
+[ -n "$ln" ] && sec linked "${ln# }"
 hino=0; hsize=0
-if [ -f "$H" ]; then set -- $(st "$H"); hino=${1:-0}; hsize=${2:-0}; fi
+if reg "$H"; then set -- $(st "$H"); hino=${1:-0}; hsize=${2:-0}; fi
 if [ "$I" -ne 0 ] && [ "$hino" = "$I" ] && [ "$hsize" -ge "$O" ] && anchor_ok "$H"; then
   sec mode append; start=$O
 else
   start=0
-  if [ -f "$R" ]; then
+  if reg "$R"; then
     set -- $(st "$R"); rino=${1:-0}; rsize=${2:-0}
     if [ "$I" -ne 0 ] && [ "$rsize" -ge "$O" ] && anchor_ok "$R"; then
       sec mode rotated; rskip=$O; lead=$W
@@ -132,13 +151,13 @@ else
     # read from LEAD bytes before the skip: the collector checks they are the window it
     # knows, so a .1 replaced after the check above is never read on as if it were ours
     sec rot_ino "$rino"; sec rot_skip "$rskip"; sec rot_lead "$lead"
-    bsec rot "$R" "$((rskip - lead))" "$((rsize - rskip + lead))"
+    bsec rot "$R" "$((rskip - lead))" "$((rsize - rskip + lead))" "$rino"
   elif [ "$I" -eq 0 ]; then sec mode first
   else sec mode restart; fi
 fi
 sec hist_ino "$hino"; sec hist_start "$start"
 if [ "$hino" != 0 ]; then
-  bsec hist "$H" "$start" "$((hsize - start))"
+  bsec hist "$H" "$start" "$((hsize - start))" "$hino"
   # rotated since it was stat'ed: the bytes may be another file's (the collector drops them)
   set -- $(st "$H"); sec hist_ino_after "${1:-0}"
 fi
@@ -255,12 +274,20 @@ def interpret(
     when the same file is read on; `done` is the rotated file last pulled to its end.
     """
     mode = _text(sections, "mode") or "first"
+    linked = _text(sections, "linked")
+    if linked:  # never followed (see SCRIPT); the cursor stays until a file is there again
+        error = f"history is a symbolic link, not followed: {linked}"
+        return Pull(b"", -1, -1, window, "linked", _facts(sections), error, done)
     unreadable = _text(sections, "unreadable")
     if unreadable:  # keep the cursor: pull once the permissions are fixed
         user = "uid " + (_text(sections, "uid") or "?")
         error = f"history not readable by the login user ({user}): {unreadable}"
         return Pull(b"", -1, -1, window, "unreadable", _facts(sections), error, done)
     history, inode, offset, new_window = b"", 0, 0, b""
+    if "rot_swapped" in sections:
+        # opened, .1 was not the file checked (rotated again meanwhile, or a link swapped
+        # in): nothing of this read is taken; the cursor stays for the next collection
+        return Pull(b"", -1, -1, window, "rotating", _facts(sections), None, done)
     if "rot" in sections:
         data, skip = sections["rot"], _int(sections, "rot_skip")
         before = window if mode == "rotated" else done[2] if skip else b""
@@ -278,9 +305,11 @@ def interpret(
         # A finished file's torn last line is kept, terminated, so the loader rejects it.
         history += raw + (b"\n" if raw and not raw.endswith(b"\n") else b"")
     hist_ino = _int(sections, "hist_ino")
-    if hist_ino and _int(sections, "hist_ino_after") not in (0, hist_ino):
-        # The history was rotated while being read: the bytes may be the new file's, read
-        # from the old one's offset. Dropped; the next collection finds the file rotated
+    moved = "hist_swapped" in sections or _int(sections, "hist_ino_after") not in (0, hist_ino)
+    if hist_ino and moved:
+        # The history was rotated while being read (or, opened, was not the file checked):
+        # the bytes may be the new file's, read from the old one's offset, or a file a
+        # link swapped in names. Dropped; the next collection finds the file rotated
         # and reads it from the cursor (what was taken of .1 before it counts).
         if "rot" not in sections:
             return Pull(b"", -1, -1, window, "rotating", _facts(sections), None, done)
@@ -311,8 +340,9 @@ def _int(sections: dict[str, bytes], name: str) -> int:
 def _facts(sections: dict[str, bytes]) -> dict[str, Any]:
     kv = _text(sections, "override_kv") or ""
     uptime = _text(sections, "uptime")
-    state = sections.get("state")
-    legacy = sections.get("legacy")
+    # a file swapped (for a link, say) between its check and its read is not taken
+    state = None if "state_swapped" in sections else sections.get("state")
+    legacy = None if "legacy_swapped" in sections else sections.get("legacy")
     state_is_text = _is_utf8(state)
     return {
         "os": _text(sections, "os"),

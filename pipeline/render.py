@@ -226,9 +226,26 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))} 
 
 
 def printable(text: str) -> str:
-    """`text` with control characters shown escaped (\\x1b, \\n, ...): for anything from
-    hosts, git or APIs written to a terminal outside a table cell."""
-    return text if text.isprintable() else text.translate(_CONTROL)
+    """`text` with every character Python does not call printable shown escaped (\\x1b,
+    \\n, \\u202e, ...): controls, and the format and separator characters that would
+    reorder or break a line (bidi overrides, U+2028). For anything from hosts, git or
+    APIs written to a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    if code in _CONTROL:
+        return _CONTROL[code]
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
 
 
 def _cell(value: Any) -> str:

@@ -55,9 +55,10 @@ MAC_SHIMS = {
     "uname": '#!/bin/sh\ncase "$1" in -r) echo 23.4.0;; -m) echo arm64;; *) echo Darwin;; esac\n',
     "stat": (
         "#!/bin/sh\n"
+        'L=; if [ "$1" = -L ]; then L=-L; shift; fi\n'  # BSD: stat [-L] -f FORMAT FILE
         '[ "$1" = -f ] || { echo "stat: illegal option -- ${1#-}" >&2; exit 1; }\n'
         'fmt=$(printf %s "$2" | sed "s/%z/%s/g")\n'
-        'exec /usr/bin/stat -c "$fmt" "$3"\n'
+        'exec /usr/bin/stat $L -c "$fmt" "$3"\n'
     ),
     "shasum": '#!/bin/sh\n[ "$1" = -a ] && shift 2\nexec /usr/bin/sha256sum "$@"\n',
     "sysctl": (
@@ -347,6 +348,7 @@ class Fleet:
 # has printed that file: a rotation that lands while a collection is reading the host.
 ROTATING_TAIL = r"""#!/bin/sh
 for last in "$@"; do :; done
+case $last in -* | +* | '') last=$(readlink "/proc/$$/fd/0") ;; esac  # reading stdin
 if [ -f /root/rotate-after ] && [ "$last" = "$(cat /root/rotate-after)" ]; then
   /usr/bin/tail "$@"; rc=$?
   rm -f /root/rotate-after

@@ -437,7 +437,9 @@ _ps_git_info() {
     fi
     local -a g
     export GIT_OPTIONAL_LOCKS=0 GIT_TERMINAL_PROMPT=0
-    g=(git -C "$wd" -c safe.directory='*')
+    # git's own safe.directory check stays on: a checkout another user owns could run
+    # that user's programs as root (core.fsmonitor, on `status`).
+    g=(git -C "$wd")
     # The top level comes first and is printed even when HEAD has no commit yet.
     out=$("${g[@]}" rev-parse --show-toplevel HEAD --symbolic-full-name HEAD 2>/dev/null)
     top=${out%%$'\n'*}
@@ -446,7 +448,11 @@ _ps_git_info() {
     here=$wd
     [ "$top" = "$here" ] || here=$(CDPATH="" cd -P -- "$wd" 2>/dev/null && pwd -P)
     if [ -z "$top" ] || [ "$top" != "$here" ]; then
-        _ps_log "working dir $wd is not the top level of a git checkout; git fields are null"
+        case $("${g[@]}" rev-parse --git-dir 2>&1) in
+        *"dubious ownership"*)
+            _ps_log "git refuses $wd (owned by another user; see git's safe.directory); git fields are null" ;;
+        *) _ps_log "working dir $wd is not the top level of a git checkout; git fields are null" ;;
+        esac
         return 0
     fi
     out=${out#*$'\n'}
@@ -698,10 +704,10 @@ _ps_append_line() {
 # just made with the new, short history. So the file is first renamed to a
 # name of this process's own, measured there, and put back when another
 # writer already rotated it: no line is lost. A .1 that is not a regular file
-# is left alone (mv would move the history into a directory): no rotation.
+# (or is a link) is left alone (mv would move the history into a directory): no rotation.
 _ps_rotate() {
     local hist=$1 limit=$2 tmp
-    if [ -e "$hist.1" ] && [ ! -f "$hist.1" ]; then
+    if [ -h "$hist.1" ] || { [ -e "$hist.1" ] && [ ! -f "$hist.1" ]; }; then
         _ps_log "cannot rotate $hist: $hist.1 is not a regular file"
         return 0
     fi
@@ -783,7 +789,9 @@ _ps_append_history() {
         _ps_log "history directory $dir does not exist; history not written"
         return 0
     fi
-    if [ -e "$hist" ] && [ ! -f "$hist" ]; then
+    # A symbolic link is not followed: whoever may write its directory could point
+    # it at any file root writes (a sudoers drop-in, the vault).
+    if [ -h "$hist" ] || { [ -e "$hist" ] && [ ! -f "$hist" ]; }; then
         _ps_log "history $hist is not a regular file; history not written"
         return 0
     fi
