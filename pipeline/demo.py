@@ -29,13 +29,19 @@ MARKER = ".fleetstate-demo"  # in a mirror the demo made: the next demo may repl
 
 
 def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
-    _refuse_real_warehouse(db)
+    named = Path(os.path.abspath(mirror))  # `--mirror .`: the directory it names
+    if not named.name:
+        raise FleetstateError(f"{mirror} is not a demo mirror: fleetstate demo --mirror data/demo")
+    deadline = time.monotonic() + locks.wait_s()  # one wait for the whole demo
+    _refuse_real_warehouse(db, deadline)
     end = datetime.now(UTC).replace(second=0, microsecond=0)
-    with _one_demo_at_a_time(mirror):
+    with _one_demo_at_a_time(named, deadline):
         summary = _replace_mirror(mirror, end)
         say(f"generated a sample fleet of {len(summary.hosts)} hosts in {mirror}")
         # checked again under the warehouse's lock: an ingest may have landed meanwhile
-        with warehouse.rebuilding(db, check=lambda old: _refuse_real_data(old, db)) as con:
+        with warehouse.rebuilding(
+            db, check=lambda old: _refuse_real_data(old, db), deadline=deadline
+        ) as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('made_by', 'demo')")
             stats = load.load_mirror(con, mirror)
             # the sample's commit graph, as `ingest-git` would load it from a clone
@@ -68,14 +74,14 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
 
 
 @contextmanager
-def _one_demo_at_a_time(mirror: Path) -> Iterator[None]:
+def _one_demo_at_a_time(mirror: Path, deadline: float) -> Iterator[None]:
     """Hold `.<mirror>.lock` beside the mirror while a demo replaces and loads it, waiting
     FLEETSTATE_LOCK_WAIT_S for another demo to finish; then remove the sample directories
     of demos that were killed (`.<mirror>.XXXXXXXX/` holding the demo's marker, or
     nothing)."""
     mirror.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + locks.wait_s()
-    fd = os.open(mirror.with_name(f".{mirror.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o666)
+    lock = mirror.with_name(f".{mirror.name}.lock")
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     try:
         if not locks.flock_until(fd, exclusive=True, deadline=deadline):
             raise FleetstateError(
@@ -160,11 +166,11 @@ _REAL_DATA = (
 )  # fmt: skip
 
 
-def _refuse_real_warehouse(db: Path) -> None:
+def _refuse_real_warehouse(db: Path, deadline: float) -> None:
     """Before any work: a warehouse holding real data is never replaced."""
     if not db.exists() or (db.is_file() and db.stat().st_size == 0):
         return  # nothing in it to lose
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse.connect(db, read_only=True, wait_s=max(0.0, deadline - time.monotonic()))
     try:
         _refuse_real_data(con, db)
     finally:

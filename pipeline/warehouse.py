@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,14 +57,16 @@ def connect(
     read-only open never writes the views: when queries/ differ from what the warehouse
     holds (another release applied them), this release's views and macros are created as
     TEMP objects of the session, so reports run on them. Only tables an older release
-    lacks need an upgrade: a writable open, once, before the read-only one.
+    lacks need an upgrade: a writable open, once, before the read-only one. All waits of
+    one call share `wait_s` (FLEETSTATE_LOCK_WAIT_S).
     """
+    deadline = time.monotonic() + _lock_wait(wait_s)
     if read_only and (not path.exists() or (path.is_file() and not path.stat().st_size)):
         raise WarehouseError(f"no warehouse at {path}: run `fleetstate ingest` (or `demo`) first")
     _refuse_non_duckdb(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    con = _open_checked(path, read_only, wait_s, guard)
+    con = _open_checked(path, read_only, deadline, guard)
     try:
         if not read_only:
             migrate(con)
@@ -79,20 +82,25 @@ def connect(
         raise
     con.close()
     try:
-        connect(path, read_only=False, wait_s=wait_s, guard=guard).close()
+        connect(path, read_only=False, wait_s=_left(deadline), guard=guard).close()
     except (WarehouseError, duckdb.Error) as exc:
         raise WarehouseError(
             f"{path} was made by an older fleetstate (without {pending[0]}) and must be "
             f"upgraded by a command that can write to it (any ingest, by its owner): {exc}"
         ) from exc
-    return connect(path, read_only=True, wait_s=wait_s, guard=guard)
+    return connect(path, read_only=True, wait_s=_left(deadline), guard=guard)
+
+
+def _left(deadline: float) -> float:
+    """The seconds of a wait left until `deadline` (none: one more try)."""
+    return max(0.0, deadline - time.monotonic())
 
 
 def _open_checked(
-    path: Path, read_only: bool, wait_s: float | None, guard: bool
+    path: Path, read_only: bool, deadline: float, guard: bool
 ) -> duckdb.DuckDBPyConnection:
     try:
-        con = _open_waiting(path, read_only, wait_s, guard)
+        con = _open_waiting(path, read_only, deadline, guard)
     except duckdb.IOException as exc:
         raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
     _session(con)
@@ -106,24 +114,26 @@ def _open_checked(
 
 
 def _open_waiting(
-    path: Path, read_only: bool, wait_s: float | None = None, guard: bool = True
+    path: Path, read_only: bool, deadline: float, guard: bool = True
 ) -> duckdb.DuckDBPyConnection:
-    """duckdb.connect, waiting up to `wait_s` (FLEETSTATE_LOCK_WAIT_S, 5 s) while another
-    process holds the file's lock, then a clear error; other failures are DuckDB's.
+    """duckdb.connect, trying until `deadline` (time.monotonic()) while another process
+    holds the file's lock, then a clear error; other failures are DuckDB's.
 
     Each attempt holds the warehouse's guard (`_guard`) shared, so no open lands while a
     `rebuild` or `demo` puts a new file in place; `guard=False` is for the one holding it."""
-    deadline = time.monotonic() + _lock_wait(wait_s)
     while True:
         with _guard(path, exclusive=False, deadline=deadline) if guard else nullcontext():
             try:
                 return duckdb.connect(str(path), read_only=read_only)
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower():
+                if not _LOCKED.search(str(exc)):  # DuckDB's words; its text holds the path
                     raise
                 if time.monotonic() >= deadline:
                     raise _locked(path) from exc
         time.sleep(0.2)
+
+
+_LOCKED = re.compile(r"Could not set lock on file|Conflicting lock is held")
 
 
 def _lock_wait(wait_s: float | None) -> float:
@@ -147,10 +157,6 @@ def guard_path(path: Path) -> Path:
     return real.with_name(real.name + ".lock")
 
 
-# read-only suffices for flock; non-blocking: a FIFO in its place must not hang the open
-_GUARD_FLAGS = os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
-
-
 @contextmanager
 def _guard(path: Path, exclusive: bool, deadline: float) -> Iterator[None]:
     """Hold the warehouse's guard file locked (flock), waiting until `deadline`.
@@ -158,12 +164,12 @@ def _guard(path: Path, exclusive: bool, deadline: float) -> Iterator[None]:
     DuckDB's own lock lives and dies with a connection, so it cannot cover the moment a
     rebuilt file is renamed over the old one: `rebuilding` holds the guard exclusively
     from before it opens the old file until after the rename, and every other open holds
-    it shared while it connects. Where the guard cannot be made (a warehouse in a
-    directory this user may not write), the open goes on unguarded: nobody who could
-    rebuild it can either."""
-    try:
-        fd = os.open(guard_path(path), _GUARD_FLAGS, 0o666)
-    except OSError:
+    it shared while it connects. The guard is made readable by all, whoever's umask made
+    it. The exclusive holder never goes on without it; a shared open whose user cannot
+    open it (a warehouse in a directory it may not write) goes on unguarded."""
+    guard = guard_path(path)
+    fd = _open_guard(guard, exclusive)
+    if fd is None:
         yield
         return
     try:
@@ -172,6 +178,30 @@ def _guard(path: Path, exclusive: bool, deadline: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _open_guard(guard: Path, exclusive: bool) -> int | None:
+    """The guard open (made when missing), or None where a shared open goes on without."""
+    flags = os.O_CLOEXEC | os.O_NONBLOCK  # non-blocking: a FIFO there must not hang
+    fd = None
+    try:
+        try:
+            fd = os.open(guard, flags | os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            os.fchmod(fd, 0o644)  # readable by all whatever the umask: flock needs no more
+        except FileExistsError:
+            try:  # read-write where allowed (flock over NFS wants it), else read-only
+                fd = os.open(guard, flags | os.O_RDWR)
+            except PermissionError:
+                fd = os.open(guard, flags | os.O_RDONLY)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(f"{guard} is not a regular file")
+        return fd
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        if exclusive:
+            raise WarehouseError(f"cannot lock the warehouse's guard {guard}: {exc}") from exc
+        return None
 
 
 def _refuse_foreign(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -237,7 +267,10 @@ def _apply_queries_in_session(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _refuse_non_duckdb(path: Path) -> None:
-    """A file that is not DuckDB's (a .csv given as --db, say) is named, never replaced."""
+    """A file that is not DuckDB's (a .csv given as --db, say), or no file at all (a
+    directory), is named, never replaced."""
+    if path.exists() and not path.is_file():
+        raise WarehouseError(f"{path} is not a warehouse file (wrong --db or FLEETSTATE_DB?)")
     if path.is_file() and path.stat().st_size and not _is_duckdb_file(path):
         raise WarehouseError(f"{path} is not a DuckDB warehouse (wrong --db or FLEETSTATE_DB?)")
 
@@ -349,6 +382,7 @@ def rebuilding(
     carry: Sequence[str] = (),
     check: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     replace_unreadable: bool = False,
+    deadline: float | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A new, empty warehouse that takes the place of the one at `path` when the block ends
     without an error (`rebuild`, `demo`).
@@ -360,11 +394,14 @@ def rebuilding(
     (raise) before anything is built; the tables in `carry` are copied from the old one
     (the columns both have). An old file DuckDB cannot open (a release whose storage it
     does not read, a log that is not its own) is refused unless `replace_unreadable`: its
-    carried tables would be lost. Scratch files of rebuilds that were killed go."""
+    carried tables would be lost. Scratch files of rebuilds that were killed go. Its waits
+    share one `deadline` (default: FLEETSTATE_LOCK_WAIT_S from now)."""
     path = Path(os.path.realpath(path))  # --db a symbolic link: the file it names
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _guard(path, exclusive=True, deadline=time.monotonic() + _lock_wait(None)):
-        old = _open_old(path, replace_unreadable)
+    if deadline is None:
+        deadline = time.monotonic() + _lock_wait(None)
+    with _guard(path, exclusive=True, deadline=deadline):
+        old = _open_old(path, replace_unreadable, deadline)
         try:
             if old is not None and check is not None:
                 check(old)
@@ -399,14 +436,16 @@ def rebuilding(
                 old.close()
 
 
-def _open_old(path: Path, replace_unreadable: bool) -> duckdb.DuckDBPyConnection | None:
+def _open_old(
+    path: Path, replace_unreadable: bool, deadline: float
+) -> duckdb.DuckDBPyConnection | None:
     """The warehouse `rebuilding` replaces, open and checked (None: there is none, or it is
     unreadable and may be replaced). The caller holds the guard."""
     if not path.exists() or (path.is_file() and not path.stat().st_size):
         return None  # an empty file is no warehouse (as for `connect`)
     _refuse_non_duckdb(path)
     try:
-        old = _open_waiting(path, read_only=False, guard=False)
+        old = _open_waiting(path, read_only=False, deadline=deadline, guard=False)
     except duckdb.Error as exc:
         if replace_unreadable:
             return None
