@@ -42,7 +42,10 @@ sec() { printf '@%s %d\n%s\n' "$1" "${#2}" "$2"; }
 # (not one a link swapped in since points to, nor the next file of a rotation); else
 # LEN NULs and a section NAME_swapped, and the collector takes none of it.
 bsec() {
-  { if [ "$(stl /dev/fd/3)" = "$5" ]; then ok=1; else ok=0; fi
+  { f=$(stl /dev/fd/3)
+    # no /dev/fd (a bare chroot): the path's own inode, as checked before, and no link
+    if [ -z "$f" ] && [ ! -h "$2" ]; then set -- "$@" $(st "$2"); f=${6:-}; fi
+    if [ "$f" = "$5" ]; then ok=1; else ok=0; fi
     printf '@%s %d\n' "$1" "$4"
     if [ "$4" -gt 0 ]; then
       { [ "$ok" = 1 ] && tail -c +"$(($3 + 1))" <&3 2>/dev/null | head -c "$4"

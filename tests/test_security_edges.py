@@ -69,6 +69,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     linked_rot.append(HISTORY, lines(3))
     os.symlink("/root/vault.yaml", linked_rot.path(HISTORY + ".1"))
     os.symlink("/root/vault.yaml", linked_rot.path("/etc/puppet/last_run_metadata.json"))
+    # `nofd`: a host without /dev/fd (a bare chroot): stat cannot see an open file
+    nofd = f.add(fqdn("nofd"))
+    nofd.append(HISTORY, lines(5))
+    shim = nofd.root / "ns/etc_up/fleetsim/bin/stat"
+    shim.write_text(
+        '#!/bin/sh\nfor a in "$@"; do case $a in /dev/fd/*) exit 1 ;; esac; done\n'
+        'exec /usr/bin/stat "$@"\n'
+    )
+    shim.chmod(0o755)
     # a role file that is a FIFO (no writer ever comes)
     fifo_role = f.add(fqdn("fifo-role"))
     fifo_role.append(HISTORY, lines(3))
@@ -196,6 +205,17 @@ def test_a_file_swapped_between_its_check_and_its_read_is_not_taken() -> None:
     assert (pull.history, pull.moves_cursor, pull.window) == (b"", False, b"w")
     state = {"end": b"", "state": b"\0" * 9, "state_swapped": b"1", "state_path": b"/p"}
     assert interpret(state, b"").facts["state_file"] is None
+
+
+@needs_fleet
+def test_a_host_without_dev_fd_is_still_collected(fleet: Fleet, tmp_path: Path) -> None:
+    """The script checks an open file's inode through /dev/fd/3; where that cannot be seen
+    (a bare chroot), it checks the path is still the inode it stat'ed and not a link,
+    rather than taking every read for a swapped file (no history would ever come)."""
+    mirror = tmp_path / "m"
+    r = collect(fleet, mirror, ["nofd"], retries=0)
+    assert r.hosts_ok == [fqdn("nofd")], r.hosts_failed
+    assert (mirror / fqdn("nofd") / "history.jsonl").read_bytes() == lines(5)
 
 
 # --- 3. files the script opens without checking they are regular files --------------------
