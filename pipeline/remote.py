@@ -26,7 +26,8 @@ WINDOW = 1024  # bytes before the cursor offset whose cksum proves the file is s
 # stretch of them after a crash, say) are the file's own bytes: lines after them
 # are pulled, and the loader rejects the line that holds them.
 SCRIPT = r"""
-# shellcheck disable=SC2046,SC2086  # splitting numbers and "$SHA" on purpose; globbing is off
+# shellcheck disable=SC2046,SC2086,SC2094  # splitting numbers and "$SHA" on purpose (globbing
+# is off); bsec reads FILE on fd 3 and never writes it
 set -f
 exec </dev/null
 LC_ALL=C; export LC_ALL
