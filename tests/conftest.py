@@ -10,6 +10,8 @@ import pytest
 
 from pipeline import warehouse
 
+pytest_plugins = ["sshfleet"]  # its fixtures (no_operator_ssh) for every module
+
 
 @pytest.fixture(autouse=True)
 def _no_user_warehouse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pipeline.collect import CollectOptions
 
 SSHD = "/usr/sbin/sshd"
@@ -378,3 +380,11 @@ def collect_options(fleet: Fleet, **kw: Any) -> CollectOptions:
     )
     base.update(kw)
     return CollectOptions(**base)
+
+
+@pytest.fixture
+def no_operator_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the developer's own ~/.ssh and agent out of a test (modules that collect use it
+    for every test: `pytestmark = pytest.mark.usefixtures("no_operator_ssh")`)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)

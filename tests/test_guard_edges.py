@@ -23,7 +23,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from clirun import REPO, cli_env, fs  # noqa: E402
 from factories import line, record, write_history  # noqa: E402
-from test_rebuild_lock import LAUNCHER, resume, runs_of, wait_stopped  # noqa: E402
+from test_rebuild_lock import (  # noqa: E402
+    LAUNCHER,
+    foreign_wal,
+    paused,
+    resume,
+    runs_of,
+    wait_stopped,
+)  # noqa: E402
 
 NOBODY = 65534
 
@@ -32,18 +39,6 @@ def _mirror(root: Path, *hosts: str) -> Path:
     for host in hosts:
         write_history(root, host, line(record(host=host, run_id=f"{host}-r1")))
     return root
-
-
-def _foreign_wal(db: Path, scratch: Path) -> None:
-    """Put a write-ahead log of another database beside `db` (DuckDB then cannot open it)."""
-    other = scratch / "other.duckdb"
-    con = duckdb.connect(str(other))
-    con.execute("CREATE TABLE t (x INT)")
-    con.execute("CHECKPOINT")
-    con.execute("SET checkpoint_threshold = '1TB'")
-    con.execute("INSERT INTO t VALUES (1)")
-    db.with_name(db.name + ".wal").write_bytes(other.with_name(other.name + ".wal").read_bytes())
-    con.close()
 
 
 # --- another user -------------------------------------------------------------------------
@@ -206,29 +201,6 @@ time.sleep = _audited_sleep
 """
 
 
-def paused_sleeps(
-    tmp_path: Path, name: str, db: Path, args: list[str], at: list[str], **env: str
-) -> tuple[subprocess.Popen[bytes], Path]:
-    """test_rebuild_lock.paused, its launcher also raising `time.sleep` audit events."""
-    flag = tmp_path / f"{name}-paused"
-    launcher = tmp_path / "launcher-sleeps.py"
-    launcher.write_text(SLEEP_EVENT + LAUNCHER)
-    proc = subprocess.Popen(
-        [sys.executable, str(launcher), "--db", str(db), *args],
-        cwd=REPO,
-        env={
-            **cli_env(),
-            "PYTHONPATH": str(REPO),
-            "PAUSE_AT": ";".join(at),
-            "PAUSE_FLAG": str(flag),
-            **env,
-        },  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    return proc, flag
-
-
 def test_rebuild_waits_no_longer_than_fleetstate_lock_wait_s_in_all(tmp_path: Path) -> None:
     """README: a command that finds the warehouse locked "waits up to FLEETSTATE_LOCK_WAIT_S
     seconds (5), then stops with a one-line error". `rebuilding` gives the guard a deadline
@@ -244,9 +216,9 @@ def test_rebuild_waits_no_longer_than_fleetstate_lock_wait_s_in_all(tmp_path: Pa
     assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
     holder = duckdb.connect(str(db), read_only=True)  # another process's open: DuckDB's lock
     wait_s = 0.5
-    proc, flag = paused_sleeps(
+    proc, flag = paused(
         tmp_path, "rebuild", db, ["rebuild", "--mirror", str(mirror)],
-        ["fcntl.flock=", "time.sleep="], FLEETSTATE_LOCK_WAIT_S=str(wait_s),
+        ["fcntl.flock=", "time.sleep="], prelude=SLEEP_EVENT, FLEETSTATE_LOCK_WAIT_S=str(wait_s),
     )  # fmt: skip
     try:
         wait_stopped(proc, Path(f"{flag}.0"))  # deadline set, about to take the guard
@@ -307,7 +279,7 @@ def test_rebuild_force_replaces_an_unreadable_warehouse_under_a_path_containing_
     home.mkdir()
     db = home / "wh.duckdb"
     assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
-    _foreign_wal(db, tmp_path)
+    foreign_wal(db, tmp_path)
     forced = fs(db, "rebuild", "--mirror", str(mirror), "--force")
     assert forced.returncode == 0, forced.stderr.strip()[-300:]
     assert runs_of(db, "h1.example.com") == 1

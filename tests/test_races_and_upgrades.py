@@ -51,12 +51,6 @@ def fqdn(short: str) -> str:
     return f"{short}.review5.test"
 
 
-@pytest.fixture
-def no_operator_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     if SKIP is not None:

@@ -57,12 +57,19 @@ main()
 
 
 def paused(
-    tmp_path: Path, name: str, db: Path, args: list[str], at: list[str], **env: str
+    tmp_path: Path,
+    name: str,
+    db: Path,
+    args: list[str],
+    at: list[str],
+    prelude: str = "",
+    **env: str,
 ) -> tuple[subprocess.Popen[bytes], Path]:
-    """`fleetstate --db DB ARGS` started under the launcher; returns the process and the flag
-    prefix (the flag `<prefix>.<i>` appears when it stops at item i of `at`)."""
-    launcher = tmp_path / "launcher.py"
-    launcher.write_text(LAUNCHER)
+    """`fleetstate --db DB ARGS` started under the launcher (after `prelude`, Python run
+    first); returns the process and the flag prefix (the flag `<prefix>.<i>` appears
+    when it stops at item i of `at`)."""
+    launcher = tmp_path / f"launcher-{name}.py"
+    launcher.write_text(prelude + LAUNCHER)
     flag = tmp_path / f"{name}-paused"
     proc = subprocess.Popen(
         [sys.executable, str(launcher), "--db", str(db), *args],
@@ -102,6 +109,18 @@ def resume(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
     os.kill(proc.pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=300)
     return proc.returncode, err.decode()
+
+
+def foreign_wal(db: Path, scratch: Path) -> None:
+    """Put a write-ahead log of another database beside `db` (DuckDB then cannot open it)."""
+    other = scratch / "other.duckdb"
+    con = duckdb.connect(str(other))
+    con.execute("CREATE TABLE t (x INT)")
+    con.execute("CHECKPOINT")
+    con.execute("SET checkpoint_threshold = '1TB'")
+    con.execute("INSERT INTO t VALUES (1)")
+    db.with_name(db.name + ".wal").write_bytes(other.with_name(other.name + ".wal").read_bytes())
+    con.close()
 
 
 def runs_of(db: Path, host: str) -> int:
@@ -279,14 +298,7 @@ def test_rebuild_refuses_an_old_warehouse_it_cannot_open_unless_forced(tmp_path:
     write_history(mirror, "h1.example.com", line(record(host="h1.example.com", run_id="r1")))
     db = tmp_path / "wh.duckdb"
     assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
-    other = tmp_path / "other.duckdb"
-    con = duckdb.connect(str(other))
-    con.execute("CREATE TABLE t (x INT)")
-    con.execute("CHECKPOINT")
-    con.execute("SET checkpoint_threshold = '1TB'")
-    con.execute("INSERT INTO t VALUES (1)")
-    (tmp_path / "wh.duckdb.wal").write_bytes((tmp_path / "other.duckdb.wal").read_bytes())
-    con.close()
+    foreign_wal(db, tmp_path)
     assert fs(db, "status").returncode == 1  # what the user sees first
 
     refused = fs(db, "rebuild", "--mirror", str(mirror))

@@ -40,11 +40,7 @@ def fqdn(short: str) -> str:
     return f"{short}.review.test"
 
 
-@pytest.fixture(autouse=True)
-def no_operator_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the developer's own ~/.ssh and agent out of the tests."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+pytestmark = pytest.mark.usefixtures("no_operator_ssh")
 
 
 @pytest.fixture(scope="module")
