@@ -504,3 +504,17 @@ def test_a_line_that_fits_the_disk_is_appended_when_its_temp_copy_does_not(host:
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert record["role"] == "q" * 6000
     assert "cannot append" not in done.stderr
+
+
+def test_a_resolver_that_hangs_does_not_hold_up_the_record(host: Host) -> None:
+    """`hostname -f` asks the resolver, which can hang for long when DNS is down; the run's
+    record waited for it. With timeout(1) it waits 2 s at most, then takes the short name.
+    (The fake hostname hangs for good on -f: only the bound ends the run in time.)"""
+    write_exe(
+        host.bin / "hostname",
+        '#!/bin/sh\nif [ "$1" = -f ]; then exec sleep 600; fi\necho shortname\n',
+    )
+    proc = host.run(timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (record,) = host.history_records()
+    assert record["host"] == "shortname"

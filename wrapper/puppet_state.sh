@@ -970,7 +970,15 @@ _ps_record() {
     _ps_strip_credentials "$_PS_GIT_REPO"
 
     host=${PUPPET_STATE_HOST:-}
-    [ -n "$host" ] || host=$(hostname -f 2>/dev/null)
+    # hostname -f asks the resolver, which can hang for long when DNS is down: 2 s at
+    # most where timeout(1) exists (Linux; macOS's hostname -f asks no resolver).
+    if [ -n "$host" ]; then
+        :
+    elif command -v timeout >/dev/null 2>&1; then
+        host=$(timeout 2 hostname -f 2>/dev/null)
+    else
+        host=$(hostname -f 2>/dev/null)
+    fi
     [ -n "$host" ] || host=$(hostname 2>/dev/null)
 
     rec="{\"schema_version\":1,\"ts\":$ts,\"success\":$success,\"exit_code\":$exit_code"
