@@ -43,10 +43,11 @@ sec() { printf '@%s %d\n%s\n' "$1" "${#2}" "$2"; }
 # (not one a link swapped in since points to, nor the next file of a rotation); else
 # LEN NULs and a section NAME_swapped, and the collector takes none of it.
 bsec() {
-  { f=$(stl /dev/fd/3)
-    # no /dev/fd (a bare chroot): the path's own inode, as checked before, and no link
-    if [ -z "$f" ] && [ ! -h "$2" ]; then set -- "$@" $(st "$2"); f=${6:-}; fi
-    if [ "$f" = "$5" ]; then ok=1; else ok=0; fi
+  { f=$(stl /dev/fd/3); p=$(sti "$2")
+    # no /dev/fd (a bare chroot): the path's own, as checked before, and no link
+    [ -n "$f" ] || [ -h "$2" ] || f=$p
+    # device and inode: an inode number alone may be another file system's file
+    if [ -n "$f" ] && [ "$f" = "$p" ] && [ "${f#* }" = "$5" ]; then ok=1; else ok=0; fi
     printf '@%s %d\n' "$1" "$4"
     if [ "$4" -gt 0 ]; then
       { [ "$ok" = 1 ] && tail -c +"$(($3 + 1))" <&3 2>/dev/null | head -c "$4"
@@ -64,10 +65,12 @@ fsec() {
     set -- "$1" "$2" $(st "$2"); bsec "$1" "$2" 0 "${4:-0}" "${3:-0}"
   fi
 }
-# st FILE: inode and size of FILE itself (a link's own); stl FILE: inode of what it names
+# st FILE: inode and size of FILE itself (a link's own); sti FILE: its device and inode;
+# stl FILE: the device and inode of what it names
 if stat -c %i / >/dev/null 2>&1; then st() { stat -c '%i %s' "$1" 2>/dev/null; }
-  stl() { stat -L -c %i "$1" 2>/dev/null; }
-else st() { stat -f '%i %z' "$1" 2>/dev/null; }; stl() { stat -L -f %i "$1" 2>/dev/null; }; fi
+  sti() { stat -c '%d %i' "$1" 2>/dev/null; }; stl() { stat -L -c '%d %i' "$1" 2>/dev/null; }
+else st() { stat -f '%i %z' "$1" 2>/dev/null; }
+  sti() { stat -f '%d %i' "$1" 2>/dev/null; }; stl() { stat -L -f '%d %i' "$1" 2>/dev/null; }; fi
 if command -v sha256sum >/dev/null 2>&1; then SHA=sha256sum
 elif command -v shasum >/dev/null 2>&1; then SHA='shasum -a 256'
 else SHA='openssl dgst -sha256 -r'; fi
