@@ -46,8 +46,8 @@ bsec() {
   { f=$(stl /dev/fd/3); p=$(sti "$2")
     # no /dev/fd (a bare chroot): the path's own, as checked before, and no link
     [ -n "$f" ] || [ -h "$2" ] || f=$p
-    # device and inode: an inode number alone may be another file system's file
-    if [ -n "$f" ] && [ "$f" = "$p" ] && [ "${f#* }" = "$5" ]; then ok=1; else ok=0; fi
+    # device and inode (a number alone may be another file system's file), one link
+    if [ -n "$f" ] && [ "$f" = "$p" ] && [ "${f#* }" = "$5 1" ]; then ok=1; else ok=0; fi
     printf '@%s %d\n' "$1" "$4"
     if [ "$4" -gt 0 ]; then
       { [ "$ok" = 1 ] && tail -c +"$(($3 + 1))" <&3 2>/dev/null | head -c "$4"
@@ -65,12 +65,14 @@ fsec() {
     set -- "$1" "$2" $(st "$2"); bsec "$1" "$2" 0 "${4:-0}" "${3:-0}"
   fi
 }
-# st FILE: inode and size of FILE itself (a link's own); sti FILE: its device and inode;
-# stl FILE: the device and inode of what it names
+# st FILE: inode and size of FILE itself (a link's own); sti FILE: its device, inode and
+# number of hard links; stl FILE: the same of what it names
 if stat -c %i / >/dev/null 2>&1; then st() { stat -c '%i %s' "$1" 2>/dev/null; }
-  sti() { stat -c '%d %i' "$1" 2>/dev/null; }; stl() { stat -L -c '%d %i' "$1" 2>/dev/null; }
+  sti() { stat -c '%d %i %h' "$1" 2>/dev/null; }
+  stl() { stat -L -c '%d %i %h' "$1" 2>/dev/null; }
 else st() { stat -f '%i %z' "$1" 2>/dev/null; }
-  sti() { stat -f '%d %i' "$1" 2>/dev/null; }; stl() { stat -L -f '%d %i' "$1" 2>/dev/null; }; fi
+  sti() { stat -f '%d %i %l' "$1" 2>/dev/null; }
+  stl() { stat -L -f '%d %i %l' "$1" 2>/dev/null; }; fi
 if command -v sha256sum >/dev/null 2>&1; then SHA=sha256sum
 elif command -v shasum >/dev/null 2>&1; then SHA='shasum -a 256'
 else SHA='openssl dgst -sha256 -r'; fi
@@ -135,7 +137,9 @@ elif [ ! -e "$H" ] && [ ! -e "$R" ]; then
 fi
 ur=; ln=
 for f in "$H" "$R"; do
-  if [ -h "$f" ]; then ln="$ln $f"; elif [ -e "$f" ] && [ ! -r "$f" ]; then ur="$ur $f"; fi
+  # a second hard link may be another user's file (where the system allows it: macOS)
+  if [ -h "$f" ]; then ln="$ln $f"; elif [ -f "$f" ] && set -- $(sti "$f") && [ "${3:-1}" != 1 ]
+  then ln="$ln $f"; elif [ -e "$f" ] && [ ! -r "$f" ]; then ur="$ur $f"; fi
 done
 [ -n "$ur" ] && sec unreadable "${ur# }"
 [ -n "$ln" ] && sec linked "${ln# }"
@@ -283,7 +287,7 @@ def interpret(
     mode = _text(sections, "mode") or "first"
     linked = _text(sections, "linked")
     if linked:  # never followed (see SCRIPT); the cursor stays until a file is there again
-        error = f"history is a symbolic link, not followed: {linked}"
+        error = f"history is a link (symbolic, or a second hard link), not followed: {linked}"
         return Pull(b"", -1, -1, window, "linked", _facts(sections), error, done)
     unreadable = _text(sections, "unreadable")
     if unreadable:  # keep the cursor: pull once the permissions are fixed

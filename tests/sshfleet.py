@@ -59,7 +59,7 @@ MAC_SHIMS = {
         "#!/bin/sh\n"
         'L=; if [ "$1" = -L ]; then L=-L; shift; fi\n'  # BSD: stat [-L] -f FORMAT FILE
         '[ "$1" = -f ] || { echo "stat: illegal option -- ${1#-}" >&2; exit 1; }\n'
-        'fmt=$(printf %s "$2" | sed "s/%z/%s/g")\n'
+        'fmt=$(printf %s "$2" | sed "s/%z/%s/g; s/%l/%h/g")\n'
         'exec /usr/bin/stat $L -c "$fmt" "$3"\n'
     ),
     "shasum": '#!/bin/sh\n[ "$1" = -a ] && shift 2\nexec /usr/bin/sha256sum "$@"\n',

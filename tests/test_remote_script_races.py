@@ -38,12 +38,14 @@ needs_namespace = pytest.mark.skipif(NS_SKIP is not None, reason=f"{NS_SKIP}")
 SECRET = b"pw: hunter2-must-never-leave-the-host\n"
 
 # `stat` as the host has it, except that right after it has printed the inode and size of
-# $SWAP once (the script's `st`, after `reg` found a regular file there), $SWAP becomes a
-# symbolic link to $TARGET: the race the new open-once check exists for, won every time.
+# $SWAP once (the script's `st`, format '%i %s', after `reg` found a regular file there),
+# $SWAP becomes a symbolic link to $TARGET: the race the open-once check exists for, won
+# every time.
 STAT_SWAPPING_IN_A_LINK = r"""#!/bin/sh
 for last in "$@"; do :; done
 /usr/bin/stat "$@"; rc=$?
-if [ "$last" = "$SWAP" ] && [ -f "$ARM" ]; then
+case " $* " in *" %i %s "*) st=1 ;; *) st= ;; esac
+if [ "$last" = "$SWAP" ] && [ -n "$st" ] && [ -f "$ARM" ]; then
   rm -f "$ARM" "$SWAP"
   ln -s "$TARGET" "$SWAP"
 fi

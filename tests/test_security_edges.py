@@ -65,6 +65,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     linked_rot.append(HISTORY, lines(3))
     os.symlink("/root/vault.yaml", linked_rot.path(HISTORY + ".1"))
     os.symlink("/root/vault.yaml", linked_rot.path("/etc/puppet/last_run_metadata.json"))
+    # `hardlinked`: its history and its state file are second hard links to the vault
+    hard = f.add(fqdn("hardlinked"))
+    hard.write("/root/vault.yaml", VAULT)
+    os.link(hard.path("/root/vault.yaml"), hard.path(HISTORY))
+    os.link(hard.path("/root/vault.yaml"), hard.path("/etc/puppet/last_run_metadata.json"))
     # `nofd`: a host without /dev/fd (a bare chroot): stat cannot see an open file
     nofd = f.add(fqdn("nofd"))
     nofd.append(HISTORY, lines(5))
@@ -152,7 +157,9 @@ def test_history_symlink_does_not_carry_root_only_files_off_the_host(
     mirror = tmp_path / "m"
     r = collect(fleet, mirror, ["linked"], retries=0)
     assert r.hosts_failed == {
-        fqdn("linked"): f"history is a symbolic link, not followed: {HISTORY}"
+        fqdn(
+            "linked"
+        ): f"history is a link (symbolic, or a second hard link), not followed: {HISTORY}"
     }
     held = mirror / fqdn("linked") / "history.jsonl"
     pulled = held.read_bytes() if held.exists() else b""
@@ -175,7 +182,9 @@ def test_a_linked_rotated_history_or_state_file_is_not_followed(
     mirror = tmp_path / "m"
     r = collect(fleet, mirror, ["linked-rot"], retries=0)
     assert r.hosts_failed == {
-        fqdn("linked-rot"): f"history is a symbolic link, not followed: {HISTORY}.1"
+        fqdn(
+            "linked-rot"
+        ): f"history is a link (symbolic, or a second hard link), not followed: {HISTORY}.1"
     }
     held = b"".join(p.read_bytes() for p in (mirror / fqdn("linked-rot")).iterdir())
     assert b"hunter2" not in held and b"DEADBEEF" not in held
@@ -201,6 +210,21 @@ def test_a_file_swapped_between_its_check_and_its_read_is_not_taken() -> None:
     assert (pull.history, pull.moves_cursor, pull.window) == (b"", False, b"w")
     state = {"end": b"", "state": b"\0" * 9, "state_swapped": b"1", "state_path": b"/p"}
     assert interpret(state, b"").facts["state_file"] is None
+
+
+@needs_fleet
+def test_a_second_hard_link_to_another_file_is_not_read(fleet: Fleet, tmp_path: Path) -> None:
+    """Where the system lets anyone hard-link another user's file (macOS; Linux without
+    protected_hardlinks), a hard link at the history's path passes every check a link
+    would fail: the history is refused (a second hard link), the state file not taken."""
+    mirror = tmp_path / "m"
+    r = collect(fleet, mirror, ["hardlinked"], retries=0)
+    assert r.hosts_failed == {
+        fqdn("hardlinked"): "history is a link (symbolic, or a second hard link), not "
+        f"followed: {HISTORY}"
+    }
+    held = b"".join(p.read_bytes() for p in (mirror / fqdn("hardlinked")).iterdir())
+    assert b"hunter2" not in held and b"DEADBEEF" not in held
 
 
 @needs_fleet
