@@ -93,6 +93,13 @@ def _open(read_only: bool = True) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _close(con: duckdb.DuckDBPyConnection) -> None:
+    """Close a connection of `_open` before the command ends (and forget it)."""
+    if con in state.connections:
+        state.connections.remove(con)
+    con.close()
+
+
 def _progress(message: str) -> None:
     """A line on stderr; control characters (from hosts, git, APIs) shown escaped."""
     from pipeline.render import printable
@@ -185,11 +192,14 @@ def ingest(
             _progress(f"failed: {host}: {error}")
     assert from_dir is not None
     con = _open(read_only=False)
-    stats = load.load_mirror(
-        con,
-        from_dir,
-        progress=lambda s: _progress(f"loaded {s.bytes_read:,} bytes, {s.runs_added:,} runs"),
-    )
+    try:
+        stats = load.load_mirror(
+            con,
+            from_dir,
+            progress=lambda s: _progress(f"loaded {s.bytes_read:,} bytes, {s.runs_added:,} runs"),
+        )
+    finally:  # let go at once: `rollout --watch` sleeps after this, a cron ingest runs
+        _close(con)
     _progress(
         f"{stats.files} files, {stats.lines:,} new lines: {stats.runs_added:,} runs, "
         f"{stats.observations_added:,} observations, {stats.rejects_added:,} rejects"

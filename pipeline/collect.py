@@ -382,7 +382,10 @@ def run_script(
             raise TimeoutError(f"host timeout ({options.host_timeout:g}s) exceeded")
         return out
     except Exception as exc:
-        if fired.is_set():
+        # the watchdog fired, or the channel's own timeout (set to the same deadline) ran
+        # out first: either way the host's time is up
+        timed_out = isinstance(exc, TimeoutError) and time.monotonic() >= deadline
+        if fired.is_set() or timed_out:
             raise TimeoutError(f"host timeout ({options.host_timeout:g}s) exceeded") from exc
         raise
     finally:
@@ -431,7 +434,7 @@ def describe_error(exc: BaseException, target: SshTarget, options: CollectOption
     if isinstance(exc, ConnectionRefusedError | paramiko.ssh_exception.NoValidConnectionsError):
         return f"connection refused by {where}"
     if isinstance(exc, TimeoutError | socket.timeout):
-        return f"timed out talking to {where}: {exc or 'no answer'}"
+        return f"timed out talking to {where}: {str(exc) or 'no answer'}"
     if isinstance(exc, ReportError):
         return f"bad report from {where}: {exc}"
     return f"{type(exc).__name__} on {where}: {exc}"

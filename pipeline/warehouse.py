@@ -103,6 +103,7 @@ def _open_checked(
         con = _open_waiting(path, read_only, deadline, guard)
     except duckdb.IOException as exc:
         raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
+    _seen_as_duckdb(path)  # made by this open, say: never read while it is held
     _session(con)
     try:
         _refuse_foreign(con, path)
@@ -276,9 +277,30 @@ def _refuse_non_duckdb(path: Path) -> None:
 
 
 def _is_duckdb_file(path: Path) -> bool:
-    """DuckDB's files carry `DUCK` at byte 8 (DuckDB would open a .csv as a view instead)."""
+    """DuckDB's files carry `DUCK` at byte 8 (DuckDB would open a .csv as a view instead).
+
+    Read once per file (device, inode) in a process: closing any descriptor of a file
+    releases every POSIX lock the process holds on it, DuckDB's included, so a second
+    open in a process that holds the warehouse must not read it again."""
+    st = path.stat()
+    if (st.st_dev, st.st_ino) in _SEEN_DUCKDB:
+        return True
     with path.open("rb") as fh:
-        return fh.read(12)[8:12] == b"DUCK"
+        if fh.read(12)[8:12] != b"DUCK":
+            return False
+    _seen_as_duckdb(path)
+    return True
+
+
+_SEEN_DUCKDB: set[tuple[int, int]] = set()  # (device, inode): DuckDB files of this process
+
+
+def _seen_as_duckdb(path: Path) -> None:
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    _SEEN_DUCKDB.add((st.st_dev, st.st_ino))
 
 
 def _session(con: duckdb.DuckDBPyConnection) -> None:

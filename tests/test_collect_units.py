@@ -518,3 +518,14 @@ def test_the_wire_script_is_the_script_without_its_comment_lines() -> None:
     code = [ln for ln in SCRIPT.splitlines() if not ln.lstrip().startswith("#")]
     assert WIRE_SCRIPT.splitlines() == code
     assert len(WIRE_SCRIPT) < len(SCRIPT) - 300
+
+
+def test_a_timeout_without_words_is_named() -> None:
+    """paramiko's channel raises socket.timeout() with no message when its own timeout
+    runs out; the error read 'timed out talking to root@h:22: ' (an exception object is
+    true even when its text is empty)."""
+    from pipeline.collect import SshTarget, describe_error
+
+    target = SshTarget("h", "h", 22, "root")
+    said = describe_error(TimeoutError(), target, CollectOptions())  # socket.timeout is it
+    assert said == "timed out talking to root@h:22: no answer"
