@@ -76,6 +76,12 @@ def main_options(
 DEFAULT_MIRROR = Path("data/mirror")
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option `name` was given on the command line (not a default or envvar)."""
+    source = ctx.get_parameter_source(name)  # click's ParameterSource, which typer vendors
+    return source is not None and source.name == "COMMANDLINE"
+
+
 def _sha_form(value: str | None) -> str | None:
     """What cannot name a commit (7 to 40 hex digits) is a usage error (exit 2)."""
     if value is not None and not re.fullmatch(r"[0-9a-fA-F]{7,40}", value):
@@ -263,6 +269,7 @@ class Part(StrEnum):
 
 @app.command()
 def rollout(
+    ctx: typer.Context,
     sha: Annotated[
         str,
         typer.Argument(help="Full sha or a unique prefix of 7+ hex digits.", callback=_sha_form),
@@ -340,6 +347,8 @@ def rollout(
         )
     if from_dir is not None and ingest_targets:
         raise typer.BadParameter("--from DIR or --ingest TARGET, not both", param_hint="--from")
+    if not ingest_targets and _given(ctx, "mirror"):  # FLEETSTATE_MIRROR alone is no request
+        raise typer.BadParameter("only with --watch --ingest", param_hint="--mirror")
     ingesting = watch and (from_dir is not None or bool(ingest_targets))
     refreshes = 0
     shown: Rollout | None = None  # json and csv: the refresh stdout has not had yet

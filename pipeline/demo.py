@@ -29,7 +29,7 @@ MARKER = ".fleetstate-demo"  # in a mirror the demo made: the next demo may repl
 
 
 def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
-    named = Path(os.path.abspath(mirror))  # `--mirror .`: the directory it names
+    named = Path(os.path.realpath(mirror))  # `--mirror .` or a link: the directory it names
     if not named.name:
         raise FleetstateError(f"{mirror} is not a demo mirror: fleetstate demo --mirror data/demo")
     deadline = time.monotonic() + locks.wait_s()  # one wait for the whole demo
@@ -55,7 +55,7 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
             )
             for pool, workers in _sample_workers(summary, end).items():
                 activity.save_activity(con, SAMPLE_QUEUE, pool, workers, observed_at=end)
-    con = warehouse.connect(db, read_only=True)
+    con = warehouse.connect(db, read_only=True, wait_s=max(0.0, deadline - time.monotonic()))
     say(
         f"loaded {stats.runs_added:,} runs, {stats.observations_added:,} observations, "
         f"{stats.rejects_added} rejects (malformed lines kept in the rejects table) into {db}"

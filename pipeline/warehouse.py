@@ -14,6 +14,7 @@ import re
 import stat
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from importlib import resources
@@ -103,7 +104,7 @@ def _open_checked(
         con = _open_waiting(path, read_only, deadline, guard)
     except duckdb.IOException as exc:
         raise WarehouseError(f"cannot open warehouse {path}: {exc}") from exc
-    _seen_as_duckdb(path)  # made by this open, say: never read while it is held
+    _hold(path, con)  # while it is open, the file's header is not read again
     _session(con)
     try:
         _refuse_foreign(con, path)
@@ -279,28 +280,39 @@ def _refuse_non_duckdb(path: Path) -> None:
 def _is_duckdb_file(path: Path) -> bool:
     """DuckDB's files carry `DUCK` at byte 8 (DuckDB would open a .csv as a view instead).
 
-    Read once per file (device, inode) in a process: closing any descriptor of a file
-    releases every POSIX lock the process holds on it, DuckDB's included, so a second
-    open in a process that holds the warehouse must not read it again."""
+    Not read while this process holds a connection to the file: closing any descriptor
+    of a file releases every POSIX lock the process holds on it, DuckDB's included (a
+    second open, as each refresh of `rollout --watch` makes, would let other writers in).
+    An open connection keeps its file, so the (device, inode) it is known by cannot be
+    another file's meanwhile."""
     st = path.stat()
-    if (st.st_dev, st.st_ino) in _SEEN_DUCKDB:
+    if _HELD.get((st.st_dev, st.st_ino)):
         return True
     with path.open("rb") as fh:
-        if fh.read(12)[8:12] != b"DUCK":
-            return False
-    _seen_as_duckdb(path)
-    return True
+        return fh.read(12)[8:12] == b"DUCK"
 
 
-_SEEN_DUCKDB: set[tuple[int, int]] = set()  # (device, inode): DuckDB files of this process
+# (device, inode) -> connections of this process to that file not yet garbage-collected
+_HELD: dict[tuple[int, int], int] = {}
 
 
-def _seen_as_duckdb(path: Path) -> None:
+def _hold(path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    """Count `con` as holding the file at `path` until the connection object is gone."""
     try:
         st = path.stat()
     except OSError:
         return
-    _SEEN_DUCKDB.add((st.st_dev, st.st_ino))
+    key = (st.st_dev, st.st_ino)
+    _HELD[key] = _HELD.get(key, 0) + 1
+    weakref.finalize(con, _let_go, key)
+
+
+def _let_go(key: tuple[int, int]) -> None:
+    left = _HELD.get(key, 0) - 1
+    if left > 0:
+        _HELD[key] = left
+    else:
+        _HELD.pop(key, None)
 
 
 def _session(con: duckdb.DuckDBPyConnection) -> None:
