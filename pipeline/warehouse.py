@@ -284,7 +284,8 @@ def _is_duckdb_file(path: Path) -> bool:
     of a file releases every POSIX lock the process holds on it, DuckDB's included (a
     second open, as each refresh of `rollout --watch` makes, would let other writers in).
     An open connection keeps its file, so the (device, inode) it is known by cannot be
-    another file's meanwhile."""
+    another file's meanwhile; one closed but not yet collected (a command's connections
+    live until it ends) could, if its file is replaced in that time."""
     st = path.stat()
     if _HELD.get((st.st_dev, st.st_ino)):
         return True
