@@ -55,7 +55,7 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
             )
             for pool, workers in _sample_workers(summary, end).items():
                 activity.save_activity(con, SAMPLE_QUEUE, pool, workers, observed_at=end)
-    con = warehouse.connect(db, read_only=True, wait_s=max(0.0, deadline - time.monotonic()))
+    con = warehouse.connect(db, read_only=True, wait_s=locks.left(deadline))
     say(
         f"loaded {stats.runs_added:,} runs, {stats.observations_added:,} observations, "
         f"{stats.rejects_added} rejects (malformed lines kept in the rejects table) into {db}"
@@ -81,12 +81,8 @@ def _one_demo_at_a_time(mirror: Path, deadline: float) -> Iterator[None]:
     nothing)."""
     mirror.parent.mkdir(parents=True, exist_ok=True)
     lock = mirror.with_name(f".{mirror.name}.lock")
-    fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-    try:
-        if not locks.flock_until(fd, exclusive=True, deadline=deadline):
-            raise FleetstateError(
-                f"another demo is writing {mirror}; try again when it has finished"
-            )
+    busy = f"another demo is writing {mirror}; try again when it has finished"
+    with locks.holding(lock, deadline, busy):
         scratch = re.compile(rf"\.{re.escape(mirror.name)}\.[a-z0-9_]{{8}}")
         for stale in mirror.parent.iterdir():
             if not scratch.fullmatch(stale.name) or stale.is_symlink() or not stale.is_dir():
@@ -97,8 +93,6 @@ def _one_demo_at_a_time(mirror: Path, deadline: float) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     stale.rmdir()  # killed before its marker: empty, or not the demo's
         yield
-    finally:
-        os.close(fd)
 
 
 def _replace_mirror(mirror: Path, end: datetime) -> samplefleet.SampleSummary:
@@ -170,7 +164,7 @@ def _refuse_real_warehouse(db: Path, deadline: float) -> None:
     """Before any work: a warehouse holding real data is never replaced."""
     if not db.exists() or (db.is_file() and db.stat().st_size == 0):
         return  # nothing in it to lose
-    con = warehouse.connect(db, read_only=True, wait_s=max(0.0, deadline - time.monotonic()))
+    con = warehouse.connect(db, read_only=True, wait_s=locks.left(deadline))
     try:
         _refuse_real_data(con, db)
     finally:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from pipeline.errors import FleetstateError
 
@@ -26,6 +29,25 @@ def wait_s() -> float:
     if not 0 <= wait < float("inf"):
         raise FleetstateError(f"FLEETSTATE_LOCK_WAIT_S must be seconds, not {raw!r}")
     return wait
+
+
+def left(deadline: float) -> float:
+    """The seconds of a wait left until `deadline` (none: one more try)."""
+    return max(0.0, deadline - time.monotonic())
+
+
+@contextmanager
+def holding(path: Path, deadline: float, busy: str) -> Iterator[None]:
+    """Hold an exclusive flock on the file `path` (made when missing; opened without
+    blocking, so a FIFO there cannot hang it), trying until `deadline`; Busy(`busy`)
+    when another process still holds it then."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    try:
+        if not flock_until(fd, exclusive=True, deadline=deadline):
+            raise Busy(busy)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def flock_until(fd: int, exclusive: bool, deadline: float) -> bool:

@@ -86,12 +86,8 @@ class Mirror:
         FLEETSTATE_LOCK_WAIT_S for it, as for the warehouse)."""
         self.root.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + locks.wait_s()
-        with open(self.root / ".lock", "w") as fh:
-            if not locks.flock_until(fh.fileno(), exclusive=True, deadline=deadline):
-                raise locks.Busy(
-                    f"another collector is using the mirror {self.root}; "
-                    "try again when it has finished"
-                )
+        busy = f"another collector is using the mirror {self.root}; try again when it has finished"
+        with locks.holding(self.root / ".lock", deadline, busy):
             yield
 
     def read_cursor(self, host: str) -> Cursor:

@@ -83,18 +83,13 @@ def connect(
         raise
     con.close()
     try:
-        connect(path, read_only=False, wait_s=_left(deadline), guard=guard).close()
+        connect(path, read_only=False, wait_s=locks.left(deadline), guard=guard).close()
     except (WarehouseError, duckdb.Error) as exc:
         raise WarehouseError(
             f"{path} was made by an older fleetstate (without {pending[0]}) and must be "
             f"upgraded by a command that can write to it (any ingest, by its owner): {exc}"
         ) from exc
-    return connect(path, read_only=True, wait_s=_left(deadline), guard=guard)
-
-
-def _left(deadline: float) -> float:
-    """The seconds of a wait left until `deadline` (none: one more try)."""
-    return max(0.0, deadline - time.monotonic())
+    return connect(path, read_only=True, wait_s=locks.left(deadline), guard=guard)
 
 
 def _open_checked(

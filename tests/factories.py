@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,19 @@ def stage_lines(con: Any, texts: list[str], source: str = "history") -> None:
     files = {"file_idx": pa.array([0], pa.int32()), "host": ["h1"], "source": [source],
              "source_path": ["/m/h1/history.jsonl"]}  # fmt: skip
     con.register("staged_files", pa.table(files))
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A fake HTTP API's request handler (a worker queue): `send_json` answers 200 with a
+    JSON body (a document, or its bytes as they are); requests are not logged."""
+
+    def send_json(self, doc: Any) -> None:
+        body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from analytics_support import add_run, open_db
+from factories import JsonHandler
 from typer.testing import CliRunner
 
 from pipeline import activity
@@ -49,7 +49,7 @@ PAGES = {
 }  # fmt: skip
 
 
-class Queue(BaseHTTPRequestHandler):
+class Queue(JsonHandler):
     requests: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802
@@ -59,15 +59,7 @@ class Queue(BaseHTTPRequestHandler):
         if url.path != PATH or token not in PAGES:
             self.send_error(404, "no such worker type")
             return
-        body = json.dumps(PAGES[token]).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(PAGES[token])
 
 
 @pytest.fixture()

@@ -3,20 +3,20 @@ pools, shallow clones, odd dates, very many branches. Each test failed before it
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 from analytics_support import add_run, git, open_db
+from factories import JsonHandler
 from typer.testing import CliRunner
 
 from pipeline import activity, gitgraph
@@ -30,7 +30,7 @@ def iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-class Queue(BaseHTTPRequestHandler):
+class Queue(JsonHandler):
     """Answers by worker type: a page (dict, serialised), raw bytes, or a misbehaviour."""
 
     answers: dict[str, Any] = {}
@@ -54,15 +54,7 @@ class Queue(BaseHTTPRequestHandler):
         if answer is None:
             self.send_error(404, "no such worker type")
             return
-        body = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(answer)
 
 
 @pytest.fixture()

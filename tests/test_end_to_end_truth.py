@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from clirun import fs  # noqa: E402
+from factories import JsonHandler  # noqa: E402
 from sshfleet import HISTORY, Fleet, SimHost, skip_reason  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,19 +194,11 @@ def override(repo: Path, branch: str) -> bytes:
     return f'PUPPET_REPO="file://{repo}"\nPUPPET_BRANCH="{branch}"\nPUPPET_MAIL="ops@example.com"\n'.encode()
 
 
-class _Queue(BaseHTTPRequestHandler):
+class _Queue(JsonHandler):
     workers: list[dict[str, Any]] = []
 
     def do_GET(self) -> None:  # noqa: N802
-        body = json.dumps({"workers": self.workers}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json({"workers": self.workers})
 
 
 def iso(t: datetime) -> str:
