@@ -75,6 +75,50 @@ def main_options(
 
 DEFAULT_MIRROR = Path("data/mirror")
 
+# How `ingest` collects over SSH; `rollout --watch --ingest` takes the same options.
+JobsOpt = Annotated[int, typer.Option(min=1, max=256, metavar="N", help="Hosts collected at once.")]
+AcceptNewOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Trust and save keys of hosts not yet in known_hosts (as ssh_config's "
+        "StrictHostKeyChecking accept-new does per host); a changed or revoked key is always "
+        "refused."
+    ),
+]
+SshConfigOpt = Annotated[
+    Path | None, typer.Option(help="ssh_config to read (default: ~/.ssh/config).")
+]
+KnownHostsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where host keys are looked up and new ones saved (default: ssh_config's "
+        "UserKnownHostsFile, else ~/.ssh/known_hosts); /etc/ssh/ssh_known_hosts (or "
+        "GlobalKnownHostsFile) is read too, never written."
+    ),
+]
+UserOpt = Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")]
+HostTimeoutOpt = Annotated[
+    float, typer.Option(min=0.1, max=86400, metavar="SECONDS", help="Seconds one host may take.")
+]
+ConnectTimeoutOpt = Annotated[
+    float, typer.Option(min=0.1, max=3600, metavar="SECONDS", help="Seconds to establish SSH.")
+]
+RetriesOpt = Annotated[
+    int,
+    typer.Option(
+        min=0, max=10, metavar="N", help="Retries of refused/timed-out/reset connections."
+    ),
+]
+PortOpt = Annotated[int | None, typer.Option(help="SSH port when ssh_config names none.")]
+IdentityOpt = Annotated[
+    list[Path] | None, typer.Option(metavar="FILE", help="Private key file (repeatable).")
+]
+# the parameters above, by name, as `ingest` takes them
+SSH_OPTIONS = (
+    "jobs", "accept_new_host_keys", "ssh_config", "known_hosts", "user", "timeout",
+    "connect_timeout", "retries", "port", "identity",
+)  # fmt: skip
+
 
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the option `name` was given on the command line (not a default or envvar)."""
@@ -125,46 +169,16 @@ def ingest(
     mirror: Annotated[
         Path, typer.Option(envvar="FLEETSTATE_MIRROR", help="Where collected bytes are kept.")
     ] = DEFAULT_MIRROR,
-    jobs: Annotated[
-        int, typer.Option(min=1, max=256, metavar="N", help="Hosts collected at once.")
-    ] = 16,
-    accept_new_host_keys: Annotated[
-        bool,
-        typer.Option(
-            help="Trust and save keys of hosts not yet in known_hosts (as ssh_config's "
-            "StrictHostKeyChecking accept-new does per host); a changed or revoked key is always "
-            "refused."
-        ),
-    ] = False,
-    ssh_config: Annotated[
-        Path | None, typer.Option(help="ssh_config to read (default: ~/.ssh/config).")
-    ] = None,
-    known_hosts: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where host keys are looked up and new ones saved (default: ssh_config's "
-            "UserKnownHostsFile, else ~/.ssh/known_hosts); /etc/ssh/ssh_known_hosts (or "
-            "GlobalKnownHostsFile) is read too, never written."
-        ),
-    ] = None,
-    user: Annotated[str | None, typer.Option(help="SSH user when ssh_config names none.")] = None,
-    timeout: Annotated[
-        float,
-        typer.Option(min=0.1, max=86400, metavar="SECONDS", help="Seconds one host may take."),
-    ] = 60.0,
-    connect_timeout: Annotated[
-        float, typer.Option(min=0.1, max=3600, metavar="SECONDS", help="Seconds to establish SSH.")
-    ] = 10.0,
-    retries: Annotated[
-        int,
-        typer.Option(
-            min=0, max=10, metavar="N", help="Retries of refused/timed-out/reset connections."
-        ),
-    ] = 2,
-    port: Annotated[int | None, typer.Option(help="SSH port when ssh_config names none.")] = None,
-    identity: Annotated[
-        list[Path] | None, typer.Option(metavar="FILE", help="Private key file (repeatable).")
-    ] = None,
+    jobs: JobsOpt = 16,
+    accept_new_host_keys: AcceptNewOpt = False,
+    ssh_config: SshConfigOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    user: UserOpt = None,
+    timeout: HostTimeoutOpt = 60.0,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    retries: RetriesOpt = 2,
+    port: PortOpt = None,
+    identity: IdentityOpt = None,
 ) -> None:
     """Pull new history bytes and current state from hosts, then load them.
 
@@ -323,6 +337,16 @@ def rollout(
             envvar="FLEETSTATE_MIRROR", help="--watch --ingest: where collected bytes are kept."
         ),
     ] = DEFAULT_MIRROR,
+    jobs: JobsOpt = 16,
+    accept_new_host_keys: AcceptNewOpt = False,
+    ssh_config: SshConfigOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    user: UserOpt = None,
+    timeout: HostTimeoutOpt = 60.0,
+    connect_timeout: ConnectTimeoutOpt = 10.0,
+    retries: RetriesOpt = 2,
+    port: PortOpt = None,
+    identity: IdentityOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Progress of a commit across the fleet, in depth: statuses, how far behind or ahead each
@@ -332,6 +356,9 @@ def rollout(
     Example: fleetstate rollout 3f2a9c1 --role gecko_t_linux_talos --min 95
              fleetstate rollout 3f2a9c1 --watch --interval 300 --ingest hosts.txt
              fleetstate rollout 3f2a9c1 --format csv --part curve
+
+    --watch --ingest collects as `ingest` does, and takes its SSH options (--jobs to
+    --identity below).
     """
     from pipeline import locks, views
 
@@ -347,8 +374,19 @@ def rollout(
         )
     if from_dir is not None and ingest_targets:
         raise typer.BadParameter("--from DIR or --ingest TARGET, not both", param_hint="--from")
-    if not ingest_targets and _given(ctx, "mirror"):  # FLEETSTATE_MIRROR alone is no request
-        raise typer.BadParameter("only with --watch --ingest", param_hint="--mirror")
+    collecting = ("mirror", *SSH_OPTIONS)
+    stray = [name for name in collecting if _given(ctx, name)]  # FLEETSTATE_MIRROR: no request
+    if not ingest_targets and stray:
+        raise typer.BadParameter(
+            "only with --watch --ingest",
+            param_hint="/".join("--" + name.replace("_", "-") for name in stray),
+        )
+    ssh = {
+        "jobs": jobs, "accept_new_host_keys": accept_new_host_keys, "ssh_config": ssh_config,
+        "known_hosts": known_hosts, "user": user, "timeout": timeout,
+        "connect_timeout": connect_timeout, "retries": retries, "port": port, "identity": identity,
+    }  # fmt: skip
+    assert set(ssh) == set(SSH_OPTIONS)
     ingesting = watch and (from_dir is not None or bool(ingest_targets))
     refreshes = 0
     shown: Rollout | None = None  # json and csv: the refresh stdout has not had yet
@@ -357,7 +395,7 @@ def rollout(
             refreshes += 1
             try:
                 if ingesting:
-                    _ingest_quietly(ingest_targets, from_dir, mirror)
+                    _ingest_quietly(ingest_targets, from_dir, mirror, ssh)
                 # after an ingest in this process, reopen the warehouse the way the ingest did
                 result = _rollout_once(sha, role, stale_hours, read_only=not ingesting)
             except locks.Busy as exc:  # a cron ingest, say: a watch tries again next time
@@ -426,10 +464,12 @@ def _rollout_once(sha: str, role: str | None, stale_hours: int, read_only: bool)
         con.close()
 
 
-def _ingest_quietly(targets: list[str] | None, from_dir: Path | None, mirror: Path) -> None:
+def _ingest_quietly(
+    targets: list[str] | None, from_dir: Path | None, mirror: Path, ssh: dict[str, Any]
+) -> None:
     """The same ingest the user would run; hosts that fail are reported, not fatal, in a watch."""
     try:
-        ingest(targets=targets, from_dir=from_dir, mirror=mirror)
+        ingest(targets=targets, from_dir=from_dir, mirror=mirror, **ssh)
     except typer.Exit as exc:
         if exc.exit_code != Exit.PARTIAL:
             raise

@@ -303,3 +303,23 @@ def test_metrics_out_errors_name_the_file_asked_for(tmp_path: Path) -> None:
     done = fs(db, "metrics", "--out", str(target))
     assert done.returncode == 1
     assert f"cannot write {target}" in done.stderr and ".fleet.prom." not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--timeout", "5"], ["--ssh-config", "cfg"], ["--jobs", "2"], ["--accept-new-host-keys"]],
+)
+def test_rollout_ssh_options_without_watch_ingest_are_usage_errors(
+    tmp_path: Path, option: list[str]
+) -> None:
+    """`rollout` takes ingest's SSH options for `--watch --ingest`; given anywhere else they
+    would do nothing, so they are refused (exit 2) as `--mirror` is, with or without
+    `--watch --from`."""
+    mirror = tmp_path / "m"
+    write_history(mirror, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="h1")))
+    db = tmp_path / "wh.duckdb"
+    assert fs(db, "ingest", "--from", str(mirror)).returncode == 0
+    for watch in ([], ["--watch", "--from", str(mirror), "--iterations", "1"]):
+        out = fs(db, "rollout", SHA_A, *watch, *option)
+        assert out.returncode == 2, (watch, out.returncode, out.stderr)
+        assert "only with --watch --ingest" in out.stderr and option[0] in out.stderr

@@ -948,3 +948,39 @@ def test_rollout_watch_and_ingest_collect_into_the_mirror_the_operator_names(
         assert done.returncode == 0, done.stderr
     assert (from_env / fqdn("basic") / "history.jsonl").stat().st_size > 0
     assert not (tmp_path / "data").exists()  # the default mirror was never made
+
+
+def test_rollout_watch_collects_with_the_ssh_options_ingest_takes(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The watch's ingest took only ~/.ssh/config: an operator whose fleet is reached through
+    another ssh_config and known_hosts (given to `ingest` with --ssh-config/--known-hosts)
+    could not watch it. Now the watch takes ingest's SSH options and collects with them."""
+    home = tmp_path / "operator"  # no ~/.ssh at all: everything comes from the options
+    home.mkdir()
+    known = fleet.known_hosts.read_bytes()
+    cmd = [
+        sys.executable, "-m", "pipeline", "--db", str(tmp_path / "w.duckdb"),
+        "rollout", "a" * 40, "--watch", "--ingest", fqdn("basic"), "--interval", "0",
+        "--iterations", "3", "--stale-hours", "100000", "--part", "summary", "-f", "json",
+        "--ssh-config", str(fleet.ssh_config), "--known-hosts", str(fleet.known_hosts),
+        "--jobs", "1", "--timeout", "3600", "--connect-timeout", "60", "--retries", "0",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env={**os.environ, "HOME": str(home)}, capture_output=True, text=True,
+        timeout=3600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["converged"] == 1
+    assert (tmp_path / "data" / "mirror" / fqdn("basic") / "history.jsonl").stat().st_size > 0
+    assert fleet.known_hosts.read_bytes() == known and not (home / ".ssh").exists()
+    # the same without --known-hosts: the host's key is unknown, so the host fails (the
+    # watch reports it and goes on) and nothing is collected
+    bare = [a for a in cmd if a not in ("--known-hosts", str(fleet.known_hosts))]
+    bare[bare.index("--db") + 1] = str(tmp_path / "w2.duckdb")
+    refused = subprocess.run(
+        [*bare, "--mirror", str(tmp_path / "m2")], cwd=tmp_path,
+        env={**os.environ, "HOME": str(home)}, capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    assert "failed: " + fqdn("basic") in refused.stderr and "key" in refused.stderr
+    assert not (tmp_path / "m2" / fqdn("basic") / "history.jsonl").exists()
