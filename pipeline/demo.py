@@ -75,14 +75,14 @@ def run(db: Path, mirror: Path, say: Callable[[str], None]) -> None:
 
 @contextmanager
 def _one_demo_at_a_time(mirror: Path, deadline: float) -> Iterator[None]:
-    """Hold `.<mirror>.lock` beside the mirror while a demo replaces and loads it, waiting
-    FLEETSTATE_LOCK_WAIT_S for another demo to finish; then remove the sample directories
-    of demos that were killed (`.<mirror>.XXXXXXXX/` holding the demo's marker, or
-    nothing)."""
+    """Hold `.<mirror>.lock` beside the mirror while a demo replaces and loads it (removed
+    when the demo is done), waiting FLEETSTATE_LOCK_WAIT_S for another demo to finish;
+    then remove the sample directories of demos that were killed (`.<mirror>.XXXXXXXX/`
+    holding the demo's marker, or nothing)."""
     mirror.parent.mkdir(parents=True, exist_ok=True)
     lock = mirror.with_name(f".{mirror.name}.lock")
     busy = f"another demo is writing {mirror}; try again when it has finished"
-    with locks.holding(lock, deadline, busy):
+    with locks.holding(lock, deadline, busy, remove=True):  # nothing left beside the mirror
         scratch = re.compile(rf"\.{re.escape(mirror.name)}\.[a-z0-9_]{{8}}")
         for stale in mirror.parent.iterdir():
             if not scratch.fullmatch(stale.name) or stale.is_symlink() or not stale.is_dir():

@@ -37,17 +37,40 @@ def left(deadline: float) -> float:
 
 
 @contextmanager
-def holding(path: Path, deadline: float, busy: str) -> Iterator[None]:
+def holding(path: Path, deadline: float, busy: str, remove: bool = False) -> Iterator[None]:
     """Hold an exclusive flock on the file `path` (made when missing; opened without
     blocking, so a FIFO there cannot hang it), trying until `deadline`; Busy(`busy`)
-    when another process still holds it then."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    when another process still holds it then.
+
+    With `remove`, the file is removed before the lock is let go, so none is left behind.
+    Every holder of such a file must pass `remove`: each checks, once it holds the lock,
+    that `path` still names the file it locked, and starts again on the new one if not
+    (a waiter may have opened the file the last holder then removed)."""
+    while True:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        try:
+            if not flock_until(fd, exclusive=True, deadline=deadline):
+                raise Busy(busy)
+            if remove and not _names(path, fd):
+                continue  # the finally closes it; open what the path names now
+            try:
+                yield
+            finally:
+                if remove:
+                    path.unlink(missing_ok=True)
+            return
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether `path` is (still) the file open as `fd`."""
     try:
-        if not flock_until(fd, exclusive=True, deadline=deadline):
-            raise Busy(busy)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def flock_until(fd: int, exclusive: bool, deadline: float) -> bool:

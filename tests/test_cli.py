@@ -247,8 +247,8 @@ def test_demo_leaves_the_checkout_as_it_was(tmp_path: Path) -> None:
     done = fs(tmp_path / "data" / "fleetstate.duckdb", "demo", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     written = {p.name for p in (tmp_path / "data").iterdir()} - {"fleetstate.duckdb.wal"}
-    # the warehouse's guard and the demo's lock stay, empty, beside what they guard
-    assert written == {"demo", ".demo.lock", "fleetstate.duckdb", "fleetstate.duckdb.lock"}
+    # the warehouse's guard stays, empty, beside the warehouse; the demo's lock is removed
+    assert written == {"demo", "fleetstate.duckdb", "fleetstate.duckdb.lock"}
     ignored = (REPO / ".gitignore").read_text().splitlines()
     assert {"/data/demo/", "/data/.demo*", "/data/fleetstate.duckdb*"} <= set(ignored)
 

@@ -326,3 +326,62 @@ def test_the_guard_is_readable_by_all_and_a_rebuild_never_runs_without_it(
     (message,) = refused.stderr.strip().splitlines()
     assert message.startswith(f"fleetstate: error: cannot lock the warehouse's guard {guard}: ")
     assert fs(db, "status").returncode == 0
+
+
+def _open_on(path: Path) -> int:
+    """How many of this process's descriptors have the file at `path` open."""
+    fds = os.listdir("/proc/self/fd")
+    return sum(1 for fd in fds if os.path.realpath(f"/proc/self/fd/{fd}") == str(path))
+
+
+def test_a_removed_lock_file_never_lets_two_holders_in(tmp_path: Path) -> None:
+    """locks.holding(remove=True) removes its file before letting the lock go (the demo's
+    `.<mirror>.lock` was left beside the mirror, a real one too when the demo refused it).
+    A waiter that had opened the removed file must not hold that orphan while a newcomer
+    locks a new file at the same path: each holder checks that the path still names what
+    it locked, and starts again if not."""
+    import threading
+
+    from pipeline import locks
+
+    path = tmp_path / ".m.lock"
+    far = time.monotonic() + 3600
+    held = [threading.Event(), threading.Event()]
+    release = [threading.Event(), threading.Event()]
+
+    def holder(i: int) -> None:
+        with locks.holding(path, far, "busy", remove=True):
+            held[i].set()
+            release[i].wait(3600)
+
+    first = threading.Thread(target=holder, args=(0,))
+    first.start()
+    assert held[0].wait(3600)
+    second = threading.Thread(target=holder, args=(1,))
+    second.start()
+    try:
+        while _open_on(path) < 2:  # the second has the file open, waiting for its lock
+            time.sleep(0.01)
+        release[0].set()  # the first removes the file and lets go
+        first.join(3600)
+        assert held[1].wait(3600)
+        assert path.exists()  # the second holds the file the path names now
+        with pytest.raises(locks.Busy), locks.holding(path, time.monotonic(), "busy", True):
+            pass  # a newcomer waits for the second
+    finally:
+        for e in release:
+            e.set()
+        first.join(3600)
+        second.join(3600)
+    assert not path.exists()
+
+
+def test_a_refused_demo_leaves_nothing_beside_the_mirror(tmp_path: Path) -> None:
+    """The demo refuses a mirror it did not make; it left its `.<mirror>.lock` beside the
+    operator's real mirror."""
+    mirror = tmp_path / "real"
+    write_history(mirror, "h1", line(record()))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    refused = fs(tmp_path / "demo.duckdb", "demo", "--mirror", str(mirror))
+    assert refused.returncode == 1 and "not a demo mirror" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
