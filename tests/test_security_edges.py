@@ -260,13 +260,19 @@ def test_a_fifo_role_or_vault_does_not_stall_the_host(
 
 
 @needs_root
+@pytest.mark.parametrize(
+    "lang", [{}, {"LANGUAGE": "de", "LANG": "C.UTF-8"}], ids=["english", "translated"]
+)
 def test_wrapper_does_not_run_git_hooks_of_a_checkout_owned_by_another_user(
-    tmp_path: Path,
+    tmp_path: Path, lang: dict[str, str]
 ) -> None:
     """_ps_git_info runs `git -c safe.directory='*' ... status` in the working dir, which
     turns off git's own refusal (CVE-2022-24765) to read the config of a repository owned
     by another user. A checkout owned by `nobody` with core.fsmonitor set then runs that
-    user's program as root every time a record is written."""
+    user's program as root every time a record is written.
+
+    `translated`: the wrapper told git's refusal by its English words, so where git speaks
+    another language the log said "not the top level of a git checkout" instead."""
     nobody = 65534
     wd = tmp_path / "checkout"
     subprocess.run(["git", "init", "-q", str(wd)], check=True)
@@ -284,13 +290,20 @@ def test_wrapper_does_not_run_git_hooks_of_a_checkout_owned_by_another_user(
         for n in [root, *(os.path.join(root, x) for x in dirs + files)]:
             os.lchown(n, nobody, nobody)
     # plain git refuses this repository
-    plain = subprocess.run(["git", "-C", str(wd), "status"], capture_output=True, text=True)
-    assert plain.returncode != 0 and "dubious ownership" in plain.stderr
+    plain = subprocess.run(
+        ["git", "-C", str(wd), "status"], capture_output=True, text=True,
+        env={"PATH": os.environ["PATH"], **lang},
+    )  # fmt: skip
+    assert plain.returncode != 0
+    if lang and "dubious ownership" in plain.stderr:
+        pytest.skip("this git has no German messages (git's translations not installed)")
+    assert ("dubious ownership" in plain.stderr) == (not lang), plain.stderr
     env = {
         "PATH": os.environ["PATH"], "HOME": str(tmp_path),
         "PUPPET_STATE_FILE": str(tmp_path / "state.json"),
         "PUPPET_RUN_HISTORY": str(tmp_path / "history.jsonl"),
         "PUPPET_OVERRIDE_FILE": str(tmp_path / "none"), "PUPPET_VAULT_FILE": str(tmp_path / "none"),
+        **lang,
     }  # fmt: skip
     done = subprocess.run(
         ["/bin/bash", "-c", f'. "{LIB}"; puppet_state_record --exit-code 0 --role r '

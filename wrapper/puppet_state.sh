@@ -448,8 +448,9 @@ _ps_git_info() {
     here=$wd
     [ "$top" = "$here" ] || here=$(CDPATH="" cd -P -- "$wd" 2>/dev/null && pwd -P)
     if [ -z "$top" ] || [ "$top" != "$here" ]; then
-        case $("${g[@]}" rev-parse --git-dir 2>&1) in
-        *"dubious ownership"*)
+        # git's own words, untranslated; "unsafe repository" is git 2.35.2's wording
+        case $(LC_ALL=C LANGUAGE="" "${g[@]}" rev-parse --git-dir 2>&1) in
+        *"dubious ownership"* | *"unsafe repository"*)
             _ps_log "git refuses $wd (owned by another user; see git's safe.directory); git fields are null" ;;
         *) _ps_log "working dir $wd is not the top level of a git checkout; git fields are null" ;;
         esac
