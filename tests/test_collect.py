@@ -883,6 +883,16 @@ def test_hostile_history_content_and_mirror_path_stay_data(fleet: Fleet, tmp_pat
     assert not pwned.exists()
 
 
+def watch_cmd(db: Path, *extra: str) -> list[str]:
+    """`fleetstate --db DB rollout` of a sha nobody runs, watched over SSH on host basic
+    until complete (3 refreshes at most), its summary as json; `extra` appended."""
+    return [
+        sys.executable, "-m", "pipeline", "--db", str(db), "rollout", "a" * 40, "--watch",
+        "--ingest", fqdn("basic"), "--interval", "0", "--iterations", "3",
+        "--stale-hours", "100000", "--part", "summary", "-f", "json", *extra,
+    ]  # fmt: skip
+
+
 def test_rollout_watch_collects_over_ssh_with_the_operators_ssh_config(
     fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -895,11 +905,7 @@ def test_rollout_watch_collects_over_ssh_with_the_operators_ssh_config(
         f"Host *.fleet.test\n  UserKnownHostsFile {fleet.known_hosts}\n\n"
         + fleet.ssh_config.read_text()
     )
-    cmd = [
-        sys.executable, "-m", "pipeline", "--db", str(tmp_path / "w.duckdb"),
-        "rollout", "a" * 40, "--watch", "--ingest", fqdn("basic"), "--interval", "0",
-        "--iterations", "3", "--stale-hours", "100000", "--part", "summary", "-f", "json",
-    ]  # fmt: skip
+    cmd = watch_cmd(tmp_path / "w.duckdb")
     proc = subprocess.run(
         cmd, cwd=tmp_path, env={**os.environ, "HOME": str(home)}, capture_output=True, text=True,
         timeout=120,
@@ -926,11 +932,7 @@ def test_rollout_watch_and_ingest_collect_into_the_mirror_the_operator_names(
     )
     db = str(tmp_path / "w.duckdb")
     env = {**os.environ, "HOME": str(home)}
-    watch = [
-        sys.executable, "-m", "pipeline", "--db", db, "rollout", "a" * 40, "--watch",
-        "--ingest", fqdn("basic"), "--interval", "0", "--iterations", "3",
-        "--stale-hours", "100000", "--part", "summary", "-f", "json",
-    ]  # fmt: skip
+    watch = watch_cmd(Path(db))
     named = tmp_path / "named"
     proc = subprocess.run(
         [*watch, "--mirror", str(named)], cwd=tmp_path, env=env, capture_output=True,
@@ -959,13 +961,9 @@ def test_rollout_watch_collects_with_the_ssh_options_ingest_takes(
     home = tmp_path / "operator"  # no ~/.ssh at all: everything comes from the options
     home.mkdir()
     known = fleet.known_hosts.read_bytes()
-    cmd = [
-        sys.executable, "-m", "pipeline", "--db", str(tmp_path / "w.duckdb"),
-        "rollout", "a" * 40, "--watch", "--ingest", fqdn("basic"), "--interval", "0",
-        "--iterations", "3", "--stale-hours", "100000", "--part", "summary", "-f", "json",
-        "--ssh-config", str(fleet.ssh_config), "--known-hosts", str(fleet.known_hosts),
-        "--jobs", "1", "--timeout", "3600", "--connect-timeout", "60", "--retries", "0",
-    ]  # fmt: skip
+    ssh = ["--ssh-config", str(fleet.ssh_config), "--jobs", "1", "--timeout", "3600",
+           "--connect-timeout", "60", "--retries", "0"]  # fmt: skip
+    cmd = watch_cmd(tmp_path / "w.duckdb", *ssh, "--known-hosts", str(fleet.known_hosts))
     proc = subprocess.run(
         cmd, cwd=tmp_path, env={**os.environ, "HOME": str(home)}, capture_output=True, text=True,
         timeout=3600,
@@ -976,10 +974,8 @@ def test_rollout_watch_collects_with_the_ssh_options_ingest_takes(
     assert fleet.known_hosts.read_bytes() == known and not (home / ".ssh").exists()
     # the same without --known-hosts: the host's key is unknown, so the host fails (the
     # watch reports it and goes on) and nothing is collected
-    bare = [a for a in cmd if a not in ("--known-hosts", str(fleet.known_hosts))]
-    bare[bare.index("--db") + 1] = str(tmp_path / "w2.duckdb")
     refused = subprocess.run(
-        [*bare, "--mirror", str(tmp_path / "m2")], cwd=tmp_path,
+        watch_cmd(tmp_path / "w2.duckdb", *ssh, "--mirror", str(tmp_path / "m2")), cwd=tmp_path,
         env={**os.environ, "HOME": str(home)}, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     assert "failed: " + fqdn("basic") in refused.stderr and "key" in refused.stderr
