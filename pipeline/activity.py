@@ -99,7 +99,13 @@ def _when(value: Any) -> datetime | None:
     except ValueError:
         return None
     # no zone: UTC, as the queue means it (astimezone would take the machine's zone)
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # the offset carries it past year 9999 (or before year 1) in UTC
+        edge = datetime.max if when.year == datetime.max.year else datetime.min
+        return edge.replace(tzinfo=UTC)  # a quarantine "until 9999" still quarantines
 
 
 def fetch_workers(root_url: str, pool: str, timeout: float = 30.0) -> list[Worker]:

@@ -1,9 +1,10 @@
 -- Helper views: each host's latest run, latest successful run and latest observations.
 --
--- run_recency orders a host's runs: the larger, the newer. By the time the run finished;
--- among runs that finished in the same second, a history line over the same run seen in
--- a state file (over puppet's summary), then the line appended later (the wrapper appends
--- a host's runs in the order they finish), then a hash of run_id. Every "latest"
+-- run_recency orders a host's runs: the larger, the newer. By the time the run finished
+-- (to the microsecond, as the host's clock says); among runs with the same ts, a history
+-- line over the same run seen in a state file (over puppet's summary), then the line
+-- appended later (the wrapper appends a host's runs in the order they finish), then a
+-- hash of run_id. Every "latest"
 -- (arg_max on it) and every ordering of a host's runs (ORDER BY it) uses it, so status,
 -- history, rollout and drift agree on which run came last. One number, not a struct:
 -- epoch microseconds (58 bits up to 9999) | 2 bits of source | 40 bits of offset |

@@ -2,7 +2,9 @@
 -- from the hour the target was first seen to the current hour. "Converged" is the
 -- contract's rule as of that time (see rollout_events), so the last point equals
 -- the `converged` count of rollout_summary. Hours are UTC hours whatever the reader's
--- TimeZone setting.
+-- TimeZone setting. A run dated after now (a host's clock ahead) counts in the current
+-- hour: the curve ends now whatever the clocks of the fleet say (it ran to the newest ts
+-- of any run, and one record dated 9999 made every rollout enumerate 70 M hours).
 CREATE OR REPLACE MACRO utc_hour(t) AS timezone('UTC', date_trunc('hour', timezone('UTC', t)));
 
 CREATE OR REPLACE MACRO rollout_curve(target, only_role := NULL) AS TABLE
@@ -15,13 +17,16 @@ WITH ev AS (
     WHERE only_role IS NULL
        OR e.host IN (SELECT host FROM rollout(target) WHERE role = only_role)
 ), hourly AS (
-    SELECT utc_hour(ts) AS hour, sum(delta) AS delta FROM ev GROUP BY ALL
+    SELECT least(utc_hour(ts), utc_hour(now())) AS hour, sum(delta) AS delta FROM ev GROUP BY ALL
+), first AS (
+    SELECT utc_hour(rollout_first_seen(target)) AS hour  -- NULL: never seen, no curve
 ), hours AS (
     SELECT unnest(generate_series(
-        utc_hour(rollout_first_seen(target)),
-        utc_hour(greatest(now(), (SELECT max(ts) FROM runs))),
+        CASE WHEN first.hour IS NOT NULL THEN least(first.hour, utc_hour(now())) END,
+        utc_hour(now()),
         INTERVAL 1 HOUR
     )) AS hour
+    FROM first
 )
 SELECT hours.hour,
     CAST(sum(coalesce(hourly.delta, 0)) OVER (ORDER BY hours.hour) AS BIGINT) AS converged
