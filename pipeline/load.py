@@ -944,9 +944,22 @@ def _insert_new_runs(
         else "WHERE NOT EXISTS (SELECT 1 FROM repeats k WHERE k.skip "
         "AND k.source_path = v.source_path AND k.byte_offset = v.byte_offset)"
     )
+    # recency_ts (migrations/003_recency.sql): a history line is at least as recent as the
+    # lines appended before it, in this batch and stored (this group loaded them earlier)
+    raised = (
+        "CASE WHEN v.source = 'history' THEN greatest(max(v.ts) OVER (PARTITION BY "
+        "v.source_path ORDER BY v.byte_offset ROWS BETWEEN UNBOUNDED PRECEDING AND "
+        "CURRENT ROW), before.ts) ELSE v.ts END"
+    )
+    before = (
+        "(SELECT source_path, max(recency_ts) AS ts FROM runs WHERE host BETWEEN ? AND ? "
+        "AND source = 'history' GROUP BY source_path)"
+    )
+    values = ", ".join("v." + c for c in records.RUN_COLUMNS)
     row = con.execute(
-        f"INSERT INTO runs ({cols}, loaded_at) SELECT {cols}, ? FROM ({valid}) v {where}",  # noqa: S608
-        [now],
+        f"INSERT INTO runs ({cols}, loaded_at, recency_ts) SELECT {values}, ?, {raised} "  # noqa: S608
+        f"FROM ({valid}) v LEFT JOIN {before} before USING (source_path) {where}",
+        [now, first_host, last_host],
     ).fetchone()
     return (int(row[0]) if row else 0) - replaced
 

@@ -79,7 +79,7 @@ def history(con: duckdb.DuckDBPyConnection, host: str, limit: int | None = None)
         FROM runs WHERE host = ?
         -- queries/10_latest_runs.sql's run_recency, newest first, written out: a warehouse
         -- opened read-only may predate that macro
-        ORDER BY epoch_us(ts) DESC,
+        ORDER BY epoch_us(coalesce(recency_ts, ts)) DESC,
             CASE source WHEN 'history' THEN 0 WHEN 'state_file' THEN 1 ELSE 2 END,
             least(greatest(coalesce(byte_offset, 0), 0), 1099511627775) DESC,
             hash(run_id) >> 38 DESC

@@ -17,7 +17,7 @@ WITH at_target AS (
 ), marked AS (
     SELECT host, ts, success, exit_code, git_sha, role,
         coalesce(git_sha IN (SELECT sha FROM at_target), false) AS is_at,
-        run_recency(ts, source, byte_offset, run_id) AS recency
+        run_recency(ts, source, byte_offset, run_id, recency_ts := recency_ts) AS recency
     FROM runs
 ), per_host AS (
     SELECT host,

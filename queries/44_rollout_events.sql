@@ -9,7 +9,7 @@ WITH at_target AS (
 ), r AS (
     SELECT host, ts, run_id, success, exit_code, git_sha,
         coalesce(git_sha IN (SELECT sha FROM at_target), false) AS is_at,
-        run_recency(ts, source, byte_offset, run_id) AS recency
+        run_recency(ts, source, byte_offset, run_id, recency_ts := recency_ts) AS recency
     FROM runs
     WHERE ts >= rollout_first_seen(target)
 ), s AS (

@@ -20,7 +20,7 @@ WITH days AS (
         arg_max({'sha': git_sha, 'ok': success, 'o': override_sha, 'dirty': git_dirty}, recency)
             AS last,
         arg_max({'o': override_sha, 'v': vault_sha}, recency) FILTER (WHERE success) AS ok_day
-    FROM (SELECT *, run_recency(ts, source, byte_offset, run_id) AS recency FROM runs)
+    FROM (SELECT *, run_recency(ts, source, byte_offset, run_id, recency_ts := recency_ts) AS recency FROM runs)
     GROUP BY ALL
 ), daily AS (
     SELECT host, day, role, last.sha AS sha, last.ok AS ok, last.o AS override_sha,

@@ -8,10 +8,10 @@
 CREATE OR REPLACE VIEW host_intervals AS
 WITH ok AS (
     SELECT host, ts, role, git_sha, git_branch,
-        run_recency(ts, source, byte_offset, run_id) AS recency,
+        run_recency(ts, source, byte_offset, run_id, recency_ts := recency_ts) AS recency,
         CASE WHEN git_sha IS DISTINCT FROM lag(git_sha) OVER w THEN 1 ELSE 0 END AS starts
     FROM runs WHERE success
-    WINDOW w AS (PARTITION BY host ORDER BY run_recency(ts, source, byte_offset, run_id))
+    WINDOW w AS (PARTITION BY host ORDER BY run_recency(ts, source, byte_offset, run_id, recency_ts := recency_ts))
 ), numbered AS (
     SELECT *, sum(starts) OVER (
         PARTITION BY host ORDER BY recency ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW

@@ -153,7 +153,7 @@ def test_an_older_release_warehouse_upgrades_on_a_writable_open_without_loss(
     assert fs(db, "ingest", "--from", str(tmp_path / "empty")).returncode == 0
     names = json.loads(fs(db, "sql", "SELECT name FROM schema_migrations ORDER BY 1", "-f",
                           "json").stdout)  # fmt: skip
-    assert [n["name"] for n in names] == ["001_initial.sql", "002_analytics.sql"]
+    assert [n["name"] for n in names] == ["001_initial.sql", "002_analytics.sql", "003_recency.sql"]
     runs = json.loads(fs(db, "sql", "SELECT run_id FROM runs", "-f", "json").stdout)
     assert runs == [{"run_id": "r1"}]
     done = fs(db, "drift", "--format", "json")

@@ -27,6 +27,7 @@ from factories import (
     line,
     record,
     write_history,
+    write_observation,
 )
 
 
@@ -81,6 +82,29 @@ def test_a_converging_run_dated_after_now_counts_in_the_current_hour(tmp_path: P
     [summary] = _sql(db, f"SELECT converged FROM rollout_summary('{SHA_A}')")
     assert [(p["now_hour"], p["converged"]) for p in curve] == [(True, 1)], curve
     assert summary["converged"] == 1
+
+
+def test_a_run_appended_after_a_future_dated_one_is_the_latest(tmp_path: Path) -> None:
+    """Contract 3: host_state, rollout() and history are about the host's *latest* run;
+    contract 1: `ts` is when the run finished, and the wrapper appends each run to the
+    history as it finishes. A host whose clock ran 2 days ahead for one run and was then
+    corrected (NTP) appends a run that finished later but carries an earlier ts. Runs
+    were ordered by ts alone, so the stale run stayed "latest" for 2 days: status showed
+    the old commit with age "future", and rollout of the commit the host actually runs
+    said `regressed` instead of `converged`."""
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    write_history(
+        mirror, "h1",
+        line(record(ago(hours=-48), git_sha=SHA_B, run_id="r-skewed"))  # clock 2 days ahead
+        + line(record(ago(hours=1), git_sha=SHA_A, run_id="r-after-ntp")),  # appended later
+    )  # fmt: skip
+    write_observation(mirror, "h1")
+    _ingest(db, mirror)
+
+    status = json.loads(fs(db, "status", "--format", "json").stdout)
+    rollout = json.loads(fs(db, "rollout", SHA_A, "--format", "json").stdout)
+    assert (status[0]["pp_sha"], status[0]["pp_run_id"]) == (SHA_A, "r-after-ntp"), status
+    assert rollout[0]["status"] == "converged", rollout
 
 
 class _Queue(JsonHandler):

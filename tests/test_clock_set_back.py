@@ -1,0 +1,125 @@
+"""A host whose clock ran ahead and was set back (NTP): the history's order decides.
+
+The wrapper appends each run as it finishes, so a line is at least as recent as every line
+appended before it to the same history; `recency_ts` (migrations/003_recency.sql) is ts
+raised to the newest ts before it, and run_recency orders by it. These tests load real
+mirrors into a real warehouse through the real command, in one ingest, across ingests, in
+many small transactions and by `rebuild`, and upgrade a warehouse made before 003.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from clirun import REPO, cli_env, fs
+from factories import SHA_A, SHA_B, SHA_C, ago, line, record, write_history, write_observation
+
+AHEAD = ago(hours=-48)  # what the host's clock said while it ran two days ahead
+
+
+def _ingest(db: Path, mirror: Path, **env: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--db", str(db), "ingest", "--from", str(mirror)],
+        capture_output=True, text=True, cwd=REPO, env={**cli_env(), **env},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def _json(db: Path, *args: str) -> Any:
+    done = fs(db, *args, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _skewed_history(mirror: Path, host: str = "h1") -> None:
+    """Runs at SHA_C, then one while the clock ran ahead (SHA_B), then, after NTP set it
+    back, two at SHA_A: appended in that order."""
+    write_history(mirror, host, line(record(ago(hours=6), git_sha=SHA_C, run_id="before")))
+    write_history(mirror, host, line(record(AHEAD, git_sha=SHA_B, run_id="ahead")))
+    write_history(mirror, host, line(record(ago(hours=2), git_sha=SHA_A, run_id="set-back")))
+    write_history(mirror, host, line(record(ago(hours=1), git_sha=SHA_A, run_id="latest")))
+    write_observation(mirror, host)
+
+
+def _views(db: Path) -> tuple[str, list[str], str]:
+    status = _json(db, "status")
+    history = _json(db, "history", "h1")
+    rollout = _json(db, "rollout", SHA_A)
+    return status[0]["pp_run_id"], [r["run_id"] for r in history], rollout[0]["status"]
+
+
+EXPECTED = ("latest", ["latest", "set-back", "ahead", "before"], "converged")
+
+
+def test_the_run_appended_last_is_the_latest_across_ingests(tmp_path: Path) -> None:
+    """The run dated ahead is loaded by one ingest, the runs after NTP by the next: the
+    second ingest raises them from what the warehouse holds, not only from its own batch."""
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    write_history(mirror, "h1", line(record(ago(hours=6), git_sha=SHA_C, run_id="before")))
+    write_history(mirror, "h1", line(record(AHEAD, git_sha=SHA_B, run_id="ahead")))
+    write_observation(mirror, "h1")
+    _ingest(db, mirror)
+    assert _json(db, "status")[0]["pp_run_id"] == "ahead"
+    write_history(mirror, "h1", line(record(ago(hours=2), git_sha=SHA_A, run_id="set-back")))
+    write_history(mirror, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="latest")))
+    _ingest(db, mirror)
+    assert _views(db) == EXPECTED
+    # ts stays as the host wrote it: the age shown is the latest run's own
+    status = _json(db, "status")[0]
+    assert 3000 < status["pp_age_s"] < 4 * 3600, status
+
+
+def test_small_transactions_and_a_rebuild_give_the_same_order(tmp_path: Path) -> None:
+    """The same history in one transaction per line, and rebuilt from the mirror: the same
+    recency for every run, and the same views."""
+    mirror = tmp_path / "m"
+    _skewed_history(mirror)
+    write_history(mirror, "h2", line(record(ago(hours=3), git_sha=SHA_A, run_id="other")))
+    one, many = tmp_path / "one.duckdb", tmp_path / "many.duckdb"
+    _ingest(one, mirror)
+    _ingest(many, mirror, FLEETSTATE_BATCH_BYTES="1", FLEETSTATE_LOAD_WORKERS="2")
+    rebuilt = fs(one, "rebuild", "--mirror", str(mirror))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    query = "SELECT run_id, ts, recency_ts FROM runs ORDER BY run_id"
+    rows = [_json(db, "sql", query) for db in (one, many)]
+    assert rows[0] == rows[1]
+    raised = {r["run_id"]: r["recency_ts"] == r["ts"] for r in rows[0]}
+    assert raised == {"before": True, "ahead": True, "set-back": False, "latest": False,
+                      "other": True}  # fmt: skip
+    for db in (one, many):
+        assert _views(db) == EXPECTED
+
+
+def test_two_histories_of_one_host_do_not_raise_each_other(tmp_path: Path) -> None:
+    """Two mirrors loaded with `ingest --from` into one warehouse hold two histories of h1:
+    a line is raised only by the lines before it in its own file."""
+    first, second, db = tmp_path / "a", tmp_path / "b", tmp_path / "wh.duckdb"
+    write_history(first, "h1", line(record(AHEAD, git_sha=SHA_B, run_id="ahead")))
+    write_history(second, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="elsewhere")))
+    _ingest(db, first)
+    _ingest(db, second)
+    rows = _json(db, "sql", "SELECT run_id, ts = recency_ts AS as_written FROM runs ORDER BY 1")
+    assert rows == [{"run_id": "ahead", "as_written": True},
+                    {"run_id": "elsewhere", "as_written": True}]  # fmt: skip
+
+
+def test_a_warehouse_made_before_the_recency_column_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A warehouse the release before 003 made (no recency_ts) gets the column filled from
+    the runs it holds on its first open, and the views then follow the history's order."""
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    _skewed_history(mirror)
+    _ingest(db, mirror)
+    con = duckdb.connect(str(db))  # back to what the release before 003 left
+    con.execute("ALTER TABLE runs DROP COLUMN recency_ts")
+    con.execute("DELETE FROM schema_migrations WHERE name = '003_recency.sql'")
+    con.close()
+    assert _views(db) == EXPECTED  # a read-only command: upgraded by a writable open first
+    names = _json(db, "sql", "SELECT name FROM schema_migrations ORDER BY 1")
+    assert names[-1]["name"] == "003_recency.sql"
+    nulls = _json(db, "sql", "SELECT count(*) AS n FROM runs WHERE recency_ts IS NULL")
+    assert nulls == [{"n": 0}]
