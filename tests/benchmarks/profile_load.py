@@ -39,6 +39,7 @@ STEPS = (
     ("CREATE OR REPLACE TEMP TABLE fast", "parse, prove canonical, apply rules"),
     ("CREATE OR REPLACE TEMP TABLE slow", "slow path (lines not taken)"),
     ("CREATE OR REPLACE TEMP TABLE repeats", "find repeats"),
+    ("SELECT file_idx, byte_offset, epoch_us(ts)", "recency (clock set back)"),
     ("INSERT INTO runs", "write runs"),
     ("COMMIT", "commit"),
 )
