@@ -192,6 +192,8 @@ def ingest(
         raise typer.BadParameter("give host names or host-list files, or --from DIR")
     if from_dir is not None and targets:  # --from is instead of SSH: not both
         raise typer.BadParameter("give host names or --from DIR, not both", param_hint="--from")
+    if from_dir is not None:  # before the warehouse is made: a typo must not leave one
+        load.check_mirror(from_dir)
     failed: dict[str, str] = {}
     if targets:
         from pipeline import collect
@@ -573,7 +575,7 @@ def rebuild(
         bool,
         typer.Option(
             "--force",
-            help="Rebuild even when hosts in the warehouse are not in the mirror, or when "
+            help="Rebuild even when files the warehouse loaded are not in the mirror, or when "
             "the old warehouse cannot be opened (what only it holds is then lost).",
         ),
     ] = False,
@@ -581,9 +583,9 @@ def rebuild(
     """Drop the warehouse and recreate it from the mirror alone (after an upgrade, say).
 
     The commit graph and worker activity, which are not in the mirror, are copied from the
-    old warehouse. A host the warehouse holds but the mirror has no directory for (loaded
-    with ingest --from another directory) would be dropped: refused unless --force. So is
-    an old warehouse that cannot be opened (its write-ahead log is not its own, say).
+    old warehouse. A file the warehouse loaded that the mirror does not hold (loaded with
+    ingest --from another directory) would be dropped: refused unless --force. So is an
+    old warehouse that cannot be opened (its write-ahead log is not its own, say).
 
     \b
     Example: fleetstate rebuild --mirror data/mirror
@@ -593,20 +595,25 @@ def rebuild(
     if not mirror.is_dir():
         what = "is not a directory" if mirror.exists() else "does not exist"
         raise FleetstateError(f"mirror directory {mirror} {what}; nothing to rebuild from")
-    have = {host for host, _ in load.discover(mirror)}
+    have = load.mirror_files(mirror)
 
-    def keeps_every_host(old: duckdb.DuckDBPyConnection) -> None:
-        hosts = old.execute("SELECT DISTINCT host FROM load_cursors ORDER BY host").fetchall()
-        missing = [h for (h,) in hosts if h not in have]
+    def keeps_every_file(old: duckdb.DuckDBPyConnection) -> None:
+        """Every file the warehouse loaded is one the rebuild reads (a host's older runs
+        loaded with `ingest --from` an archive would go, though the mirror has the host)."""
+        loaded = old.execute(
+            "SELECT host, source_path FROM load_cursors ORDER BY host, source_path"
+        ).fetchall()
+        missing = [(host, path) for host, path in loaded if path not in have]
         if missing and not force:
+            host, path = missing[0]
             raise FleetstateError(
-                f"{len(missing)} host(s) of the warehouse have no directory in {mirror} "
-                f"(first: {missing[0]}) and would be dropped; rebuild from the mirror that "
-                "holds them, or pass --force"
+                f"{len(missing)} file(s) the warehouse loaded are not in {mirror} (first: "
+                f"{path}, of host {host}) and their runs would be dropped; rebuild from the "
+                "mirror that holds them, or pass --force"
             )
 
     carry = warehouse.NOT_FROM_MIRROR
-    with warehouse.rebuilding(state.db, carry, keeps_every_host, replace_unreadable=force) as con:
+    with warehouse.rebuilding(state.db, carry, keeps_every_file, replace_unreadable=force) as con:
         stats = load.load_mirror(con, mirror)
         warehouse.mark_written(con)  # not the demo's any more, if it was
     _progress(f"rebuilt {state.db}: {stats.runs_added:,} runs, {stats.rejects_added:,} rejects")

@@ -180,14 +180,42 @@ class Batch:
 ProgressFn = Callable[[LoadStats], None]
 
 
-def discover(mirror_dir: Path, hosts: list[str] | None = None) -> list[tuple[str, Path]]:
-    """(host, host directory) for every host directory in the mirror, sorted."""
+def check_mirror(mirror_dir: Path) -> None:
+    """Refuse, before a warehouse is made or opened, a `--from` that cannot be a mirror: a
+    missing directory, one host's own directory (it holds history.jsonl itself), or a
+    directory whose subdirectories hold no host's files at all (data/ for data/mirror).
+    A load of those would find nothing, exit 0 and leave an empty warehouse behind."""
+    _check_dir(mirror_dir)
+    own = [n for n in (HISTORY, OBSERVATIONS, STATE_FILE) if (mirror_dir / n).exists()]
+    if own:
+        raise LoadError(
+            f"{mirror_dir} holds {own[0]} itself: it is one host's directory, not a mirror; "
+            f"give the directory above it (a mirror holds <host>/{HISTORY})"
+        )
+    subdirs = [d for d in mirror_dir.iterdir() if not d.name.startswith((".", "_")) and d.is_dir()]
+    if subdirs and not any(
+        not os.access(d, os.X_OK)  # cannot tell: the load names what it cannot read
+        or any((d / n).exists() for n in (HISTORY, OBSERVATIONS, STATE_FILE))
+        for d in subdirs
+    ):
+        raise LoadError(
+            f"no host's files in {mirror_dir}: a mirror holds <host>/{HISTORY} (or "
+            f"{OBSERVATIONS}, {STATE_FILE}); is it the directory above the mirror?"
+        )
+
+
+def _check_dir(mirror_dir: Path) -> None:
     if not _is_utf8_name(str(mirror_dir.resolve())):
         shown = os.fsencode(mirror_dir).decode("utf-8", "backslashreplace")
         raise LoadError(f"mirror directory {shown}: its path is not UTF-8; rename it")
     if not mirror_dir.is_dir():
         what = "is not a directory" if mirror_dir.exists() else "does not exist"
         raise LoadError(f"mirror directory {mirror_dir} {what}")
+
+
+def discover(mirror_dir: Path, hosts: list[str] | None = None) -> list[tuple[str, Path]]:
+    """(host, host directory) for every host directory in the mirror, sorted."""
+    _check_dir(mirror_dir)
     wanted = set(hosts) if hosts is not None else None
     found = []
     for d in sorted(mirror_dir.iterdir()):
@@ -232,6 +260,12 @@ def load_mirror(
 
 
 MIRROR_CURSOR = ".cursor.json"  # the collector's (pipeline/mirror.py), in each host directory
+
+
+def mirror_files(mirror_dir: Path) -> set[str]:
+    """The files a load of `mirror_dir` reads, as their cursors name them (resolved)."""
+    found, _, _ = _claim_files(discover(mirror_dir))
+    return {key for _host, files in found for _path, key, _limit in files}
 
 
 def committed_sizes(host_dir: Path) -> dict[str, int] | None:
@@ -737,16 +771,19 @@ def _stage_observations(batch: Batch, host: str, key: str, start: int, data: byt
     from pipeline.observations import parse_observation
 
     pos = start
-    for raw in data.splitlines(keepends=True):
+    # lines end at LF only, as a history's do (not at CR, which splitlines would split at);
+    # each is judged without its newline, so the same bytes get the same reason as there
+    for text in data.split(b"\n")[:-1]:  # `data` ends with a newline
+        raw = text + b"\n"
         batch.stats.lines += 1
         if len(raw) > MAX_OBSERVATION_BYTES:  # a state file of a record's size fits in one
             why = f"observation too long: {len(raw)} bytes (limit {MAX_OBSERVATION_BYTES})"
             batch.obs_rejects.append((host, key, pos, why, raw[:KEPT_OF_LONG_LINE]))
             pos += len(raw)
             continue
-        obs, reason = parse_observation(raw, host)
+        obs, reason = parse_observation(text, host) if text else (None, "empty line")
         if obs is None:
-            batch.obs_rejects.append((host, key, pos, reason or "invalid", raw.rstrip(b"\n")))
+            batch.obs_rejects.append((host, key, pos, reason or "invalid", text))
         else:
             obs["source_path"], obs["byte_offset"] = key, pos
             batch.observations.append(obs)

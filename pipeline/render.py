@@ -34,6 +34,16 @@ def age(seconds: int | float | None) -> str:
     return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
+def percent(share: float) -> str:
+    """A share of 0 to 100 to one decimal, with as many more digits as it takes not to read
+    as 100 or 0 when it is not (2,000 converged of 2,001 is 99.95, not 100.0)."""
+    for digits in range(1, 18):
+        text = f"{share:.{digits}f}"
+        if (float(text) < 100 or share >= 100) and (float(text) > 0 or share <= 0):
+            return text
+    return repr(share)
+
+
 def _jsonable(value: Any) -> Any:
     """A value json.dumps writes as strict JSON: times as ISO 8601, NaN and infinities
     (which JSON has no numbers for) as null, inside lists and structs too."""

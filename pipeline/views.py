@@ -59,9 +59,14 @@ def rollout_document(r: analytics.Rollout) -> dict[str, Any]:
 def _flat(frame: pl.DataFrame) -> pl.DataFrame:
     """Lists (exit codes, branches) as space-separated text, for csv."""
     lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
-    return frame.with_columns(
-        pl.col(c).list.eval(pl.element().cast(pl.Utf8)).list.join(" ") for c in lists
-    )
+    return frame.with_columns(_spaced(c) for c in lists)
+
+
+def _spaced(column: str) -> pl.Expr:
+    """A list column as its items joined by spaces, a null item as `-` (a failure before
+    puppet started has no exit code; list.join would drop it, so 3 failures read `1 4`)."""
+    items = pl.element().cast(pl.Utf8).fill_null("-")
+    return pl.col(column).list.eval(items).list.join(" ")
 
 
 def emit_rollout_depth(r: analytics.Rollout, fmt: str, part: str | None = None) -> None:
@@ -107,7 +112,8 @@ def _summary_lines(r: analytics.Rollout) -> list[str]:
         f"commit {s['sha']}  {subject}",
         f"authored {authored}  first seen {render._jsonable(s['first_seen']) or 'never'}"
         + (f"  branches {render.printable(' '.join(s['branches']))}" if s["branches"] else ""),
-        f"{s['pct_converged'] or 0:.1f}% converged: {s['converged']} of {s['hosts']} hosts; "
+        f"{render.percent(s['pct_converged'] or 0)}% converged: {s['converged']} of "
+        f"{s['hosts']} hosts; "
         f"{s['failed']} failed, {s['regressed']} regressed, {s['pending']} pending, "
         f"{s['unreported']} unreported",
         f"time to converge since first seen: p50 {_dur(s['p50_converge_s'])}, "
@@ -143,8 +149,7 @@ def _stragglers_table(frame: pl.DataFrame) -> pl.DataFrame:
         "host", "role", "status",
         pl.Series("waiting", [render.age(w) for w in frame["waiting_s"]], dtype=pl.Utf8),
         "failures",
-        pl.col("failure_exit_codes").list.eval(pl.element().cast(pl.Utf8)).list.join(" ")
-        .alias("exit_codes"),
+        _spaced("failure_exit_codes").alias("exit_codes"),
         pl.col("latest_sha").str.slice(0, 7), "behind", "ahead",
     )  # fmt: skip
 

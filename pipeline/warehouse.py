@@ -67,6 +67,8 @@ def connect(
     _refuse_non_duckdb(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if guard:
+            _drop_empty_file(path, deadline)
     con = _open_checked(path, read_only, deadline, guard)
     try:
         if not read_only:
@@ -90,6 +92,28 @@ def connect(
             f"upgraded by a command that can write to it (any ingest, by its owner): {exc}"
         ) from exc
     return connect(path, read_only=True, wait_s=locks.left(deadline), guard=guard)
+
+
+def _drop_empty_file(path: Path, deadline: float) -> None:
+    """A 0-byte file at the warehouse's path (touched, or left by a full disk) holds
+    nothing, and DuckDB refuses it; a writable open makes the warehouse in its place, as a
+    read-only one says ("no warehouse ... run ingest"). Removed under the guard held
+    exclusively: an open that is creating the file holds it shared until DuckDB has
+    written its header, so a file that is only new is never taken for an empty one."""
+    real = Path(os.path.realpath(path))
+    if not _empty_file(real) or os.path.lexists(f"{real}.wal"):  # a log: DuckDB judges it
+        return
+    with _guard(real, exclusive=True, deadline=deadline):
+        if _empty_file(real):
+            real.unlink()
+
+
+def _empty_file(path: Path) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
 
 
 def _open_checked(

@@ -211,7 +211,7 @@ def test_rebuild_does_not_silently_drop_runs_loaded_from_outside_the_mirror(
         f"rebuild exited {done.returncode}, runs now {runs}; stderr: {done.stderr}"
     )
     assert done.returncode == 1
-    assert "(first: hb)" in done.stderr and "--force" in done.stderr
+    assert "of host hb)" in done.stderr and "--force" in done.stderr
     assert "Traceback" not in done.stderr
 
     # --force: rebuilt from `a` alone, as asked

@@ -95,3 +95,12 @@ def test_json_of_intervals_is_iso_8601_and_csv_of_structs_is_json() -> None:
     lines = render.to_csv(rows).splitlines()
     assert lines[1] == 'P3DT4H5M6S,"{""a"": 1, ""b"": null}"'
     assert lines[2] == 'PT1.5S,"{""a"": null, ""b"": ""x""}"'
+
+
+def test_percent_never_reads_as_all_or_none_when_it_is_not() -> None:
+    """The rollout headline printed 2,000 converged of 2,001 as 100.0%."""
+    from pipeline.render import percent
+
+    assert percent(100 * 2000 / 2001) == "99.95"
+    assert percent(100 * 1 / 2001) == "0.05"
+    assert (percent(100.0), percent(0.0), percent(59.0909)) == ("100.0", "0.0", "59.1")
