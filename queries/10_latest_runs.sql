@@ -3,8 +3,8 @@
 -- run_recency orders a host's runs: the larger, the newer. By the time the run finished,
 -- as far as the host's own record shows it: recency_ts, which is ts raised to the newest
 -- ts of the lines appended before it to the same history (a clock set back by NTP after
--- it ran ahead; migrations/003_recency.sql), else ts when not given. Among runs at the
--- same time, a history line over the same run seen in a state file (over puppet's
+-- it ran ahead; migrations/003_recency.sql), else (NULL, or not given) ts. Among runs at
+-- the same time, a history line over the same run seen in a state file (over puppet's
 -- summary), then the line appended later (the wrapper appends a host's runs in the order
 -- they finish), then a hash of run_id. Every "latest" (arg_max on it) and every ordering
 -- of a host's runs (ORDER BY it) uses it, so status, history, rollout and drift agree on

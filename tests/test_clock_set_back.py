@@ -98,9 +98,9 @@ def test_small_transactions_and_a_rebuild_give_the_same_order(tmp_path: Path, sp
     query = "SELECT run_id, ts, recency_ts FROM runs ORDER BY run_id"
     rows = [_json(db, "sql", query) for db in (one, each, few)]
     assert rows[0] == rows[1] == rows[2]
-    raised = {r["run_id"]: r["recency_ts"] == r["ts"] for r in rows[0]}
-    assert raised == {"before": True, "ahead": True, "set-back": False, "latest": False,
-                      "other": True}  # fmt: skip
+    raised = {r["run_id"]: r["recency_ts"] for r in rows[0] if r["recency_ts"] is not None}
+    ahead = next(r["ts"] for r in rows[0] if r["run_id"] == "ahead")
+    assert raised == {"set-back": ahead, "latest": ahead}  # NULL: the run's own ts
     for db in (one, each, few):
         assert _views(db) == EXPECTED
 
@@ -113,9 +113,9 @@ def test_two_histories_of_one_host_do_not_raise_each_other(tmp_path: Path) -> No
     write_history(second, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="elsewhere")))
     _ingest(db, first)
     _ingest(db, second)
-    rows = _json(db, "sql", "SELECT run_id, ts = recency_ts AS as_written FROM runs ORDER BY 1")
-    assert rows == [{"run_id": "ahead", "as_written": True},
-                    {"run_id": "elsewhere", "as_written": True}]  # fmt: skip
+    rows = _json(db, "sql", "SELECT run_id, recency_ts FROM runs ORDER BY 1")
+    assert rows == [{"run_id": "ahead", "recency_ts": None},
+                    {"run_id": "elsewhere", "recency_ts": None}]  # fmt: skip
 
 
 def test_a_warehouse_made_before_the_recency_column_is_upgraded_in_place(tmp_path: Path) -> None:
@@ -131,5 +131,24 @@ def test_a_warehouse_made_before_the_recency_column_is_upgraded_in_place(tmp_pat
     assert _views(db) == EXPECTED  # a read-only command: upgraded by a writable open first
     names = _json(db, "sql", "SELECT name FROM schema_migrations ORDER BY 1")
     assert names[-1]["name"] == "003_recency.sql"
-    nulls = _json(db, "sql", "SELECT count(*) AS n FROM runs WHERE recency_ts IS NULL")
-    assert nulls == [{"n": 0}]
+    raised = _json(db, "sql", "SELECT run_id FROM runs WHERE recency_ts IS NOT NULL ORDER BY 1")
+    assert raised == [{"run_id": "latest"}, {"run_id": "set-back"}]
+
+
+@pytest.mark.parametrize("batch_bytes", ["", "1", "2000"])
+def test_a_line_not_stored_raises_nothing(tmp_path: Path, batch_bytes: str) -> None:
+    """A line that repeats another run's run_id with other content is a reject, not a run:
+    its ts (here the latest of all) raises none of the lines after it."""
+    mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
+    write_history(mirror, "h1", line(record(ago(hours=6), git_sha=SHA_C, run_id="before")))
+    write_history(mirror, "h1", line(record(AHEAD, git_sha=SHA_B, run_id="ahead")))
+    conflict = record(ago(hours=-72), git_sha=SHA_C, run_id="before")  # not stored
+    write_history(mirror, "h1", line(conflict))
+    write_history(mirror, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="latest")))
+    env = {"FLEETSTATE_BATCH_BYTES": batch_bytes} if batch_bytes else {}
+    _ingest(db, mirror, **env)
+    rows = _json(db, "sql", "SELECT run_id, ts, recency_ts FROM runs ORDER BY ts")
+    assert [r["run_id"] for r in rows] == ["before", "latest", "ahead"]
+    assert rows[1]["recency_ts"] == rows[2]["ts"]  # raised to "ahead", not to the reject
+    rejects = _json(db, "sql", "SELECT reason FROM rejects")
+    assert len(rejects) == 1 and "already another record's" in rejects[0]["reason"]

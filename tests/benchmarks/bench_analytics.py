@@ -33,7 +33,7 @@ INSERT INTO git_refs VALUES ('main', substr(sha256('commit-' || ($days - 1)), 1,
 
 INSERT INTO runs (host, run_id, ts, started_at, duration_s, success, exit_code, role, git_repo,
                   git_branch, git_sha, git_dirty, override_sha, vault_sha, stage, attempt, os,
-                  source, loaded_at, recency_ts)
+                  source, loaded_at)
 WITH hosts AS (
     SELECT h, 't-linux64-ms-' || lpad(CAST(h AS VARCHAR), 5, '0') || '.test.releng.mdc1.mozilla.com'
                AS host,
@@ -57,7 +57,7 @@ SELECT host, h || '-' || k, ts, ts - INTERVAL 3 MINUTE, 180, ok,
     substr(sha256('commit-' || least(c, $days - 1)), 1, 40),
     h % 97 = 0,
     CASE WHEN h % 50 = 0 THEN sha256('override-' || h) END,
-    sha256('vault-' || role), 'puppet', 1, 'Linux', 'history', now(), ts
+    sha256('vault-' || role), 'puppet', 1, 'Linux', 'history', now()
 FROM runs WHERE ts <= now();
 
 INSERT INTO observations (host, observed_at, reachable, os, role, override_present,
