@@ -757,6 +757,8 @@ _one_line_summaries()
 def main() -> None:
     """Entry point: run the app, mapping domain errors to one line and exit code 1, and
     Ctrl-C, wherever it lands, to one line and exit code 130."""
+    import signal
+
     _interrupt_queries_on_ctrl_c()
     try:
         _run()
@@ -768,6 +770,8 @@ def main() -> None:
         if _from_ctrl_c(exc):
             _interrupted()
         raise
+    finally:  # the command is over: Ctrl-C now would only break Python's own exit, with a
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # traceback of its shutdown
 
 
 def _interrupted() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from clirun import REPO
 from factories import line, record, write_history, write_observation
 
 from pipeline import load, warehouse
@@ -218,3 +219,22 @@ def test_settings_from_the_environment_are_checked_in_one_line(
     assert "Traceback" not in cli.stderr
     if code:
         assert name in cli.stderr and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+
+
+def test_ctrl_c_as_the_command_exits_is_not_a_traceback(tmp_path: Path) -> None:
+    """Ctrl-C that lands after the command is done, while Python shuts down (CI saw it
+    at the end of an ingest: "Exception ignored in ... KeyboardInterrupt" with a traceback
+    of importlib's). Here it lands in an atexit callback, deterministically."""
+    script = (
+        "import atexit, os, signal, sys\n"
+        "sys.argv = ['fleetstate', '--help']\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+        "from pipeline.cli import main\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=3600,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+    assert done.returncode == 0 and "Usage" in done.stdout
