@@ -612,11 +612,53 @@ def rebuild(
                 "mirror that holds them, or pass --force"
             )
 
+    def loses_nothing(old: duckdb.DuckDBPyConnection, new: duckdb.DuckDBPyConnection) -> None:
+        """No file's runs, and no history's or observation log's observations and rejects,
+        are fewer than before: a history replaced since it was loaded, a file that cannot be
+        read, or a state file's run that never reached the history would be lost."""
+        if force:
+            return
+        lost = _fewer_rows(old, new)
+        if lost:
+            table, path, before, after = lost
+            raise FleetstateError(
+                f"the rebuilt warehouse would hold {after} {table} of {path} where the old "
+                f"one holds {before} (the file was replaced or cannot be read since it was "
+                "loaded); the old warehouse is kept. Pass --force to rebuild from the "
+                "mirror as it is"
+            )
+
     carry = warehouse.NOT_FROM_MIRROR
-    with warehouse.rebuilding(state.db, carry, keeps_every_file, replace_unreadable=force) as con:
+    with warehouse.rebuilding(
+        state.db, carry, keeps_every_file, replace_unreadable=force, verify=loses_nothing
+    ) as con:
         stats = load.load_mirror(con, mirror)
+        if stats.unreadable and not force:
+            raise FleetstateError(
+                f"not read: {stats.unreadable[0]}"
+                + (f" (and {len(stats.unreadable) - 1} more)" if len(stats.unreadable) > 1 else "")
+                + "; the old warehouse is kept. Pass --force to rebuild without it"
+            )
         warehouse.mark_written(con)  # not the demo's any more, if it was
     _progress(f"rebuilt {state.db}: {stats.runs_added:,} runs, {stats.rejects_added:,} rejects")
+
+
+def _fewer_rows(
+    old: duckdb.DuckDBPyConnection, new: duckdb.DuckDBPyConnection
+) -> tuple[str, str, int, int] | None:
+    """(table, source_path, rows before, rows after) of the first file with fewer rows in
+    `new` than in `old`: runs of any file; observations and rejects of the append-only
+    files (a state file's rejects come and go with its content)."""
+    appended = "source_path LIKE '%/history.jsonl' OR source_path LIKE '%/observations.jsonl'"
+    for table, where in (("runs", "true"), ("observations", "true"), ("rejects", appended)):
+        count = (  # names from this list, not input
+            f"SELECT source_path, count(*) FROM {table} WHERE {where} GROUP BY source_path"  # noqa: S608
+        )
+        after = dict(new.execute(count).fetchall())
+        for path, before in sorted(old.execute(count).fetchall()):
+            if after.get(path, 0) < before:
+                return table, path, before, after.get(path, 0)
+    return None
 
 
 @app.command()

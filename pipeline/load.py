@@ -164,9 +164,10 @@ class Batch:
     obs_rejects: list[tuple[str, str, int, str, bytes]] = field(default_factory=list)
     cursors: list[tuple[str, str, int, str]] = field(default_factory=list)
     starts: dict[str, int] = field(default_factory=dict)  # history -> its first offset here
-    # history -> the newest recency_ts (epoch us) of its lines loaded so far, shared by a
-    # group's batches (_raise_recency): a file's later batches do not ask the warehouse
+    # history -> the newest ts (epoch us) of its lines loaded so far (_raise_recency): this
+    # load's, shared by a group's batches; and as its cursor saved it at the load's start
     newest: dict[str, int] = field(default_factory=dict)
+    stored_newest: dict[str, int] = field(default_factory=dict)
     nbytes: int = 0
     wide: bool = False  # holds a piece of WIDE_LINE lines: closes at WIDE_BATCH bytes
     stats: LoadStats = field(default_factory=LoadStats)
@@ -183,28 +184,64 @@ class Batch:
 ProgressFn = Callable[[LoadStats], None]
 
 
+# what a host's directory holds: the loader's inputs, or the collector's cursor (a first
+# collection cut short leaves only that)
+HOST_FILES = (HISTORY, OBSERVATIONS, STATE_FILE, ".cursor.json")
+
+
 def check_mirror(mirror_dir: Path) -> None:
-    """Refuse, before a warehouse is made or opened, a `--from` that cannot be a mirror: a
-    missing directory, one host's own directory (it holds history.jsonl itself), or a
-    directory whose subdirectories hold no host's files at all (data/ for data/mirror).
-    A load of those would find nothing, exit 0 and leave an empty warehouse behind."""
+    """Refuse, before a warehouse is made or opened, a `--from` that is surely not a
+    mirror: a missing directory, one host's own directory (it holds history.jsonl itself),
+    or the directory above a mirror (none of its subdirectories is a host's, and one of
+    them holds hosts: data/ for data/mirror). A load of those would find nothing, exit 0
+    and leave an empty warehouse behind. Anything it cannot look into is left to the
+    load, which names what it cannot read."""
     _check_dir(mirror_dir)
-    own = [n for n in (HISTORY, OBSERVATIONS, STATE_FILE) if (mirror_dir / n).exists()]
+    own = [n for n in HOST_FILES[:3] if _holds(mirror_dir, n)]
     if own:
         raise LoadError(
             f"{mirror_dir} holds {own[0]} itself: it is one host's directory, not a mirror; "
             f"give the directory above it (a mirror holds <host>/{HISTORY})"
         )
-    subdirs = [d for d in mirror_dir.iterdir() if not d.name.startswith((".", "_")) and d.is_dir()]
-    if subdirs and not any(
-        not os.access(d, os.X_OK)  # cannot tell: the load names what it cannot read
-        or any((d / n).exists() for n in (HISTORY, OBSERVATIONS, STATE_FILE))
-        for d in subdirs
-    ):
-        raise LoadError(
-            f"no host's files in {mirror_dir}: a mirror holds <host>/{HISTORY} (or "
-            f"{OBSERVATIONS}, {STATE_FILE}); is it the directory above the mirror?"
-        )
+    subdirs = _subdirs(mirror_dir)
+    if subdirs is None or any(_holds(d, n) is not False for d in subdirs for n in HOST_FILES):
+        return  # a host's directory (or one it cannot tell)
+    for d in subdirs:
+        for host in _subdirs(d) or []:
+            if any(_holds(host, n) for n in HOST_FILES):
+                raise LoadError(
+                    f"no host's files in {mirror_dir}, but {host} is a host's directory: "
+                    f"give the mirror that holds it (--from {d})"
+                )
+
+
+def _subdirs(directory: Path) -> list[Path] | None:
+    """The directories in `directory` a load would take for hosts; None if unreadable."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return None
+    found = []
+    for d in entries:
+        if d.name.startswith((".", "_")):
+            continue
+        try:
+            if d.is_dir():
+                found.append(d)
+        except OSError:  # a link into a directory it may not enter: cannot tell
+            return None
+    return found
+
+
+def _holds(directory: Path, name: str) -> bool | None:
+    """Whether `directory/name` exists; None where that cannot be told (no permission)."""
+    try:
+        (directory / name).lstat()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    return True
 
 
 def _check_dir(mirror_dir: Path) -> None:
@@ -248,15 +285,15 @@ def load_mirror(
     commits its rows with their cursors."""
     found = discover(mirror_dir, hosts)
     files, aliases, problems = _claim_files(found)
-    cursors = _read_cursors(con)
+    cursors, newest = _read_cursors(con), _read_newest(con)
     fixed = WORKERS or _env_count("FLEETSTATE_LOAD_WORKERS")
     workers, batch_bytes = default_plan(os.cpu_count(), _available_memory(), fixed)
     batch_bytes = BATCH_BYTES or _env_count("FLEETSTATE_BATCH_BYTES", sizes=True) or batch_bytes
     groups = _split(files, workers)
     if len(groups) <= 1:
-        stats = _load_hosts(con, files, cursors, progress, threading.Event(), batch_bytes)
+        stats = _load_hosts(con, files, cursors, progress, threading.Event(), batch_bytes, newest)
     else:
-        stats = _load_groups(con, groups, cursors, progress, batch_bytes)
+        stats = _load_groups(con, groups, cursors, progress, batch_bytes, newest)
     stats.aliases_skipped = aliases
     stats.unreadable = problems + stats.unreadable
     return stats
@@ -366,6 +403,7 @@ def _load_groups(
     cursors: dict[str, tuple[int, str | None]],
     progress: ProgressFn | None,
     batch_bytes: int,
+    stored_newest: dict[str, int],
 ) -> LoadStats:
     """Each group in its own thread and on its own connection; progress shows their sum."""
     from concurrent.futures import ThreadPoolExecutor, wait
@@ -386,7 +424,7 @@ def _load_groups(
     def run(i: int, group: list[HostFiles]) -> LoadStats:
         worker = warehouse.cursor(con)  # with the session's time zone: identities use it
         try:
-            return _load_hosts(worker, group, cursors, report(i), stop, batch_bytes)
+            return _load_hosts(worker, group, cursors, report(i), stop, batch_bytes, stored_newest)
         except BaseException:
             stop.set()
             raise
@@ -452,12 +490,14 @@ def _load_hosts(
     progress: ProgressFn | None,
     stop: threading.Event,
     batch_bytes: int = LARGE_BATCH,
+    stored_newest: dict[str, int] | None = None,
 ) -> LoadStats:
     total = LoadStats()
     # bytes read and unfinished lines are counted per file, and a file can span batches
     read = LoadStats()
     newest: dict[str, int] = {}
-    batch = Batch(newest=newest)
+    stored = stored_newest or {}
+    batch = Batch(newest=newest, stored_newest=stored)
     for host, files in found:
         for path, key, limit in files:
             batch.stats.files += 1
@@ -470,7 +510,7 @@ def _load_hosts(
                         raise _Stopped
                     _commit(con, batch)
                     _add_committed(total, read, batch.stats, progress)
-                    batch = Batch(newest=newest)
+                    batch = Batch(newest=newest, stored_newest=stored)
     _commit(con, batch)
     _add_committed(total, read, batch.stats, progress)
     total.bytes_read, total.pending_bytes = read.bytes_read, read.pending_bytes
@@ -516,6 +556,14 @@ def _add_committed(
 def _read_cursors(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str | None]]:
     rows = con.execute("SELECT source_path, byte_offset, head_sha FROM load_cursors").fetchall()
     return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def _read_newest(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Each history's newest ts (epoch us) as its cursor saved it (_raise_recency)."""
+    rows = con.execute(
+        "SELECT source_path, epoch_us(recency_ts) FROM load_cursors WHERE recency_ts IS NOT NULL"
+    ).fetchall()
+    return {path: us for path, us in rows}
 
 
 def _fingerprint(path: Path, end: int) -> str:
@@ -812,7 +860,7 @@ def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
                 _insert_runs(con, batch, now)
             _insert_observations(con, batch, now)
             _flush_rejects(con, now, batch.stats)
-            _save_cursors(con, batch.cursors, now)
+            _save_cursors(con, batch, now)
             con.execute("COMMIT")
         except BaseException:
             try:
@@ -828,25 +876,27 @@ def _commit(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
                 pass
 
 
-def _save_cursors(
-    con: duckdb.DuckDBPyConnection, cursors: list[tuple[str, str, int, str]], now: datetime
-) -> None:
-    """One statement for all of a batch's cursors (executemany costs a statement per file)."""
+def _save_cursors(con: duckdb.DuckDBPyConnection, batch: Batch, now: datetime) -> None:
+    """One statement for all of a batch's cursors (executemany costs a statement per file),
+    each history's with the newest ts of its lines so far (_raise_recency)."""
     import pyarrow as pa
 
-    last = {c[0]: c for c in cursors}  # a file read in several pieces: its final cursor
+    last = {c[0]: c for c in batch.cursors}  # a file read in several pieces: its final cursor
+    newest = [batch.newest.get(key, batch.stored_newest.get(key)) for key in last]
     table = pa.table(
         {
             "source_path": [c[0] for c in last.values()],
             "host": [c[1] for c in last.values()],
             "byte_offset": pa.array([c[2] for c in last.values()], pa.int64()),
             "head_sha": [c[3] for c in last.values()],
+            "recency_ts": pa.array(newest, pa.timestamp("us", tz="UTC")),
         }
     )
     con.register("cursor_rows", table)
     con.execute(
         "INSERT OR REPLACE INTO load_cursors "
-        "SELECT source_path, host, byte_offset, head_sha, ? FROM cursor_rows",
+        "(source_path, host, byte_offset, head_sha, updated_at, recency_ts) "
+        "SELECT source_path, host, byte_offset, head_sha, ?, recency_ts FROM cursor_rows",
         [now],
     )
     con.unregister("cursor_rows")
@@ -988,7 +1038,7 @@ def _insert_new_runs(
         "AND k.source_path = v.source_path AND k.byte_offset = v.byte_offset)"
     )
     values = ", ".join("v." + c for c in records.RUN_COLUMNS)
-    if _raise_recency(con, batch, skip > 0, first_host, last_host):
+    if _raise_recency(con, batch):
         recency = "r.recency_ts"
         raised = "LEFT JOIN raised r ON r.file_idx = v.file_idx AND r.byte_offset = v.byte_offset"
     else:  # NULL: the run's own ts (migrations/003_recency.sql)
@@ -1003,21 +1053,24 @@ def _insert_new_runs(
     return (int(row[0]) if row else 0) - replaced
 
 
-def _raise_recency(
-    con: duckdb.DuckDBPyConnection, batch: Batch, skips: bool, first_host: str, last_host: str
-) -> bool:
-    """Register `raised` (file_idx, byte_offset, recency_ts): the history lines about to
-    be stored whose recency_ts is later than their ts, because a line is at least as recent
-    as the lines appended before it to the same history, in this batch and stored by an
-    earlier one (migrations/003_recency.sql). Return whether there are any (rarely: a
-    clock set back); when there are none, nothing is registered.
+def _raise_recency(con: duckdb.DuckDBPyConnection, batch: Batch) -> bool:
+    """Register `raised` (file_idx, byte_offset, recency_ts): the history lines about to be
+    stored whose recency_ts is later than their ts, because a line is at least as recent as
+    the lines appended before it to the same history (migrations/003_recency.sql): every
+    valid record line counts, stored or a repeat, so a moved or copied mirror gives what a
+    fresh load gives. Return whether there are any (rarely: a clock set back); when there
+    are none, nothing is registered.
+
+    The lines before this batch are summed up by `batch.newest` (this load's earlier
+    batches) or by the file's cursor (`batch.stored_newest`, when this load reads on from
+    where the last one stopped; a file read again from 0 starts afresh).
 
     The lines are staged history by history in offset order, so one pass in that order
     (a streaming window, no sort) finds whether any ts goes back: 0.06 s per 1,000,000
     lines, where a window partitioned by history sorts them for 0.3 s. The same pass checks
     that the lines came in that order. Only when a ts goes back, the order is not kept, or
     the slow path took some lines are they fetched (and sorted when they must be) and
-    raised in numpy; `batch.newest` carries each history's newest to the next batch."""
+    raised in numpy."""
     import numpy as np
 
     paths: dict[str, int] = {}  # a history's pieces have their own file_idx: one id each
@@ -1029,23 +1082,12 @@ def _raise_recency(
         return False
     lowest = np.iinfo(np.int64).min
     floor = [lowest] * len(paths)
-    ask: dict[str, int] = {}  # histories this load reads on from where an earlier one stopped
     for path, i in paths.items():
+        if path not in batch.newest and batch.starts.get(path, 0) > 0:
+            if path in batch.stored_newest:  # read on from the cursor: what it summed up
+                batch.newest[path] = batch.stored_newest[path]
         if path in batch.newest:
             floor[i] = batch.newest[path]
-        elif batch.starts.get(path, 0) > 0:
-            ask[path] = batch.starts[path]
-    if ask:  # the newest line stored before each one's first line here
-        stored = con.execute(
-            "SELECT r.source_path, epoch_us(max(coalesce(r.recency_ts, r.ts))) FROM runs r "
-            "JOIN (SELECT unnest($paths) AS source_path, unnest($starts) AS start) c "
-            "USING (source_path) WHERE r.host BETWEEN $first AND $last "
-            "AND r.source = 'history' AND r.byte_offset < c.start GROUP BY r.source_path",
-            {"paths": list(ask), "starts": list(ask.values()), "first": first_host,
-             "last": last_host},
-        ).fetchall()  # fmt: skip
-        for path, newest in stored:
-            floor[paths[path]] = newest
     lines = (  # a history line of this batch: its piece, its history's id, offset and ts
         "SELECT file_idx, $ids[file_idx + 1] AS p, byte_offset, epoch_us(ts) AS us FROM {table} "
         "WHERE {valid} AND $ids[file_idx + 1] >= 0"
@@ -1066,36 +1108,25 @@ def _raise_recency(
         {"ids": path_id, "floor": floor},
     ).fetchone()
     taken = con.execute(f"SELECT count(*) FROM ({slow})", {"ids": path_id}).fetchone()  # noqa: S608
-    if found == (0,) and taken == (0,):  # in order and no ts goes back (repeats left out
-        # cannot make one go back): nothing is raised; the newest stored line of each history
-        kept = (
-            "WHERE NOT EXISTS (SELECT 1 FROM repeats k WHERE k.skip "
-            "AND k.source_path = $names[x.p + 1] AND k.byte_offset = x.byte_offset)"
-            if skips
-            else ""
-        )
-        tops = con.execute(
-            f"SELECT p, max(us) FROM ({fast}) x {kept} GROUP BY p",  # noqa: S608
-            {"ids": path_id, "names": names} if skips else {"ids": path_id},
-        ).fetchall()
-        for i, newest in tops:
+    if found == (0,) and taken == (0,):  # in order and no ts goes back: nothing is raised
+        newest_sql = f"SELECT p, max(us) FROM ({fast}) GROUP BY p"  # noqa: S608
+        for i, newest in con.execute(newest_sql, {"ids": path_id}).fetchall():
             batch.newest[names[i]] = max(newest, floor[i])
         return False
-    return _raise_in_numpy(con, batch, skips, names, path_id, floor, fast, slow)
+    return _raise_in_numpy(con, batch, names, path_id, floor, fast, slow)
 
 
 def _raise_in_numpy(
     con: duckdb.DuckDBPyConnection,
     batch: Batch,
-    skips: bool,
     names: list[str],
     path_id: list[int],
     floor_of: list[int],
     fast: str,
     slow: str,
 ) -> bool:
-    """_raise_recency's lines fetched, without repeats, in (history, offset) order, and
-    each raised to the newest ts before it (and its history's `floor_of`)."""
+    """_raise_recency's lines fetched in (history, offset) order, each raised to the newest
+    ts before it (and its history's `floor_of`)."""
     import numpy as np
     import pyarrow as pa
 
@@ -1107,12 +1138,6 @@ def _raise_in_numpy(
     del parts
     place = (pid << 40) | offset  # offsets stay under 1 TiB (the key of run_recency too)
     del offset
-    if skips:  # repeats are not stored, so they raise nothing
-        repeats = con.execute("SELECT source_path, byte_offset FROM repeats WHERE skip").fetchall()
-        ids = {name: i for i, name in enumerate(names)}
-        gone = [(ids[p] << 40) | o for p, o in repeats if p in ids]
-        keep = ~np.isin(place, np.array(gone, dtype=np.int64))
-        piece, pid, place, us = piece[keep], pid[keep], place[keep], us[keep]
     if len(place) > 1 and bool(np.any(np.diff(place) < 0)):
         by_place = np.argsort(place, kind="stable")
         piece, pid, place, us = piece[by_place], pid[by_place], place[by_place], us[by_place]

@@ -437,9 +437,10 @@ def rebuilding(
     check: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     replace_unreadable: bool = False,
     deadline: float | None = None,
+    verify: Callable[[duckdb.DuckDBPyConnection, duckdb.DuckDBPyConnection], None] | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A new, empty warehouse that takes the place of the one at `path` when the block ends
-    without an error (`rebuild`, `demo`).
+    without an error (`rebuild`, `demo`); `verify(old, new)` may still refuse (raise) then.
 
     The guard (`_guard`) is held exclusively from before the old warehouse is opened until
     the new one is in its place, and the old one is held open while the new one is built:
@@ -475,6 +476,8 @@ def rebuilding(
                     if old is not None:
                         _copy_tables(old, con, carry)
                     yield con
+                    if old is not None and verify is not None:
+                        verify(old, con)
                     con.execute("CHECKPOINT")
                 finally:
                     con.close()

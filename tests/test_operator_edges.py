@@ -205,3 +205,23 @@ def test_rebuild_does_not_drop_runs_loaded_from_another_directory(tmp_path: Path
     assert done.returncode != 0 or kept == ["archived", "new"], (
         f"rebuild exit {done.returncode}, runs left: {kept}"
     )
+
+
+def test_ingest_from_the_directory_above_the_mirror_names_the_mirror(tmp_path: Path) -> None:
+    """`ingest --from data` (for data/mirror) loaded nothing and exited 0. It is refused,
+    naming the mirror; a mirror whose hosts hold only the collector's cursor (a first
+    collection cut short) and an empty one are not."""
+    data, db = tmp_path / "data", tmp_path / "wh.duckdb"
+    write_history(data / "mirror", "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="a")))
+    (data / "notes").mkdir()
+    above = fs(db, "ingest", "--from", str(data))
+    assert above.returncode == 1 and f"--from {data / 'mirror'}" in above.stderr, above.stderr
+    assert not db.exists()
+    cut_short = tmp_path / "new-mirror"
+    (cut_short / "h2").mkdir(parents=True)
+    (cut_short / "h2" / ".cursor.json").write_text("{}")
+    (cut_short / "lost+found").mkdir()
+    for mirror in (cut_short, tmp_path / "empty"):
+        mirror.mkdir(exist_ok=True)
+        done = fs(db, "ingest", "--from", str(mirror))
+        assert done.returncode == 0, done.stderr
