@@ -10,31 +10,14 @@ many small transactions and by `rebuild`, and upgrade a warehouse made before 00
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
-from clirun import REPO, cli_env, fs
+from clirun import fs, fs_json, ingest_from
 from factories import SHA_A, SHA_B, SHA_C, ago, line, record, write_history, write_observation
 
 AHEAD = ago(hours=-48)  # what the host's clock said while it ran two days ahead
-
-
-def _ingest(db: Path, mirror: Path, **env: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--db", str(db), "ingest", "--from", str(mirror)],
-        capture_output=True, text=True, cwd=REPO, env={**cli_env(), **env},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-
-
-def _json(db: Path, *args: str) -> Any:
-    done = fs(db, *args, "--format", "json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def _skewed_history(mirror: Path, host: str = "h1", spaced: str = "") -> None:
@@ -53,9 +36,9 @@ def _skewed_history(mirror: Path, host: str = "h1", spaced: str = "") -> None:
 
 
 def _views(db: Path) -> tuple[str, list[str], str]:
-    status = _json(db, "status")
-    history = _json(db, "history", "h1")
-    rollout = _json(db, "rollout", SHA_A)
+    status = fs_json(db, "status")
+    history = fs_json(db, "history", "h1")
+    rollout = fs_json(db, "rollout", SHA_A)
     return status[0]["pp_run_id"], [r["run_id"] for r in history], rollout[0]["status"]
 
 
@@ -69,14 +52,14 @@ def test_the_run_appended_last_is_the_latest_across_ingests(tmp_path: Path) -> N
     write_history(mirror, "h1", line(record(ago(hours=6), git_sha=SHA_C, run_id="before")))
     write_history(mirror, "h1", line(record(AHEAD, git_sha=SHA_B, run_id="ahead")))
     write_observation(mirror, "h1")
-    _ingest(db, mirror)
-    assert _json(db, "status")[0]["pp_run_id"] == "ahead"
+    ingest_from(db, mirror)
+    assert fs_json(db, "status")[0]["pp_run_id"] == "ahead"
     write_history(mirror, "h1", line(record(ago(hours=2), git_sha=SHA_A, run_id="set-back")))
     write_history(mirror, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="latest")))
-    _ingest(db, mirror)
+    ingest_from(db, mirror)
     assert _views(db) == EXPECTED
     # ts stays as the host wrote it: the age shown is the latest run's own
-    status = _json(db, "status")[0]
+    status = fs_json(db, "status")[0]
     assert 3000 < status["pp_age_s"] < 4 * 3600, status
 
 
@@ -89,14 +72,14 @@ def test_small_transactions_and_a_rebuild_give_the_same_order(tmp_path: Path, sp
     _skewed_history(mirror, spaced=spaced)
     write_history(mirror, "h2", line(record(ago(hours=3), git_sha=SHA_A, run_id="other")))
     one, each, few = (tmp_path / f"{name}.duckdb" for name in ("one", "each", "few"))
-    _ingest(one, mirror)
+    ingest_from(one, mirror)
     # a transaction per line; and a few lines per transaction, each line a piece of its own
-    _ingest(each, mirror, FLEETSTATE_BATCH_BYTES="1", FLEETSTATE_LOAD_WORKERS="2")
-    _ingest(few, mirror, FLEETSTATE_BATCH_BYTES="2000", FLEETSTATE_LOAD_WORKERS="1")
+    ingest_from(each, mirror, FLEETSTATE_BATCH_BYTES="1", FLEETSTATE_LOAD_WORKERS="2")
+    ingest_from(few, mirror, FLEETSTATE_BATCH_BYTES="2000", FLEETSTATE_LOAD_WORKERS="1")
     rebuilt = fs(one, "rebuild", "--mirror", str(mirror))
     assert rebuilt.returncode == 0, rebuilt.stderr
     query = "SELECT run_id, ts, recency_ts FROM runs ORDER BY run_id"
-    rows = [_json(db, "sql", query) for db in (one, each, few)]
+    rows = [fs_json(db, "sql", query) for db in (one, each, few)]
     assert rows[0] == rows[1] == rows[2]
     raised = {r["run_id"]: r["recency_ts"] for r in rows[0] if r["recency_ts"] is not None}
     ahead = next(r["ts"] for r in rows[0] if r["run_id"] == "ahead")
@@ -111,9 +94,9 @@ def test_two_histories_of_one_host_do_not_raise_each_other(tmp_path: Path) -> No
     first, second, db = tmp_path / "a", tmp_path / "b", tmp_path / "wh.duckdb"
     write_history(first, "h1", line(record(AHEAD, git_sha=SHA_B, run_id="ahead")))
     write_history(second, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="elsewhere")))
-    _ingest(db, first)
-    _ingest(db, second)
-    rows = _json(db, "sql", "SELECT run_id, recency_ts FROM runs ORDER BY 1")
+    ingest_from(db, first)
+    ingest_from(db, second)
+    rows = fs_json(db, "sql", "SELECT run_id, recency_ts FROM runs ORDER BY 1")
     assert rows == [{"run_id": "ahead", "recency_ts": None},
                     {"run_id": "elsewhere", "recency_ts": None}]  # fmt: skip
 
@@ -123,16 +106,16 @@ def test_a_warehouse_made_before_the_recency_column_is_upgraded_in_place(tmp_pat
     the runs it holds on its first open, and the views then follow the history's order."""
     mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
     _skewed_history(mirror)
-    _ingest(db, mirror)
+    ingest_from(db, mirror)
     con = duckdb.connect(str(db))  # back to what the release before 003 left
     con.execute("ALTER TABLE runs DROP COLUMN recency_ts")
     con.execute("ALTER TABLE load_cursors DROP COLUMN recency_ts")
     con.execute("DELETE FROM schema_migrations WHERE name = '003_recency.sql'")
     con.close()
     assert _views(db) == EXPECTED  # a read-only command: upgraded by a writable open first
-    names = _json(db, "sql", "SELECT name FROM schema_migrations ORDER BY 1")
+    names = fs_json(db, "sql", "SELECT name FROM schema_migrations ORDER BY 1")
     assert names[-1]["name"] == "003_recency.sql"
-    raised = _json(db, "sql", "SELECT run_id FROM runs WHERE recency_ts IS NOT NULL ORDER BY 1")
+    raised = fs_json(db, "sql", "SELECT run_id FROM runs WHERE recency_ts IS NOT NULL ORDER BY 1")
     assert raised == [{"run_id": "latest"}, {"run_id": "set-back"}]
 
 
@@ -149,9 +132,9 @@ def test_a_repeat_not_stored_raises_like_any_line(tmp_path: Path, batch_bytes: s
     write_history(mirror, "h1", line(conflict))
     write_history(mirror, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="latest")))
     env = {"FLEETSTATE_BATCH_BYTES": batch_bytes} if batch_bytes else {}
-    _ingest(db, mirror, **env)
-    rows = _json(db, "sql", "SELECT run_id, recency_ts FROM runs ORDER BY ts")
+    ingest_from(db, mirror, **env)
+    rows = fs_json(db, "sql", "SELECT run_id, recency_ts FROM runs ORDER BY ts")
     assert [r["run_id"] for r in rows] == ["before", "latest", "ahead"]
     assert rows[1]["recency_ts"] == conflict["ts"]  # raised by the reject's ts
-    rejects = _json(db, "sql", "SELECT reason FROM rejects")
+    rejects = fs_json(db, "sql", "SELECT reason FROM rejects")
     assert len(rejects) == 1 and "already another record's" in rejects[0]["reason"]

@@ -8,7 +8,6 @@ collector's own Mirror class for its directory layout, and the real `fleetstate`
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,28 +17,14 @@ from typing import Any
 
 import duckdb
 import pytest
-from clirun import REPO, cli_env, fs
+from clirun import REPO, cli_env, fs, fs_json, ingest_from
 from factories import SHA_A, SHA_B, SHA_C, ago, line, record, write_history, write_observation
 
 AHEAD = ago(hours=-48)  # what the host's clock said while it ran two days ahead
 
 
-def _ingest(db: Path, mirror: Path, **env: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--db", str(db), "ingest", "--from", str(mirror)],
-        capture_output=True, text=True, cwd=REPO, env={**cli_env(), **env},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-
-
-def _json(db: Path, *args: str) -> Any:
-    done = fs(db, *args, "--format", "json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def _recency(db: Path) -> list[dict[str, Any]]:
-    return _json(db, "sql", "SELECT run_id, ts, recency_ts FROM runs ORDER BY run_id")
+    return fs_json(db, "sql", "SELECT run_id, ts, recency_ts FROM runs ORDER BY run_id")
 
 
 # --- 1. repeats skipped raise nothing ------------------------------------------------------
@@ -59,15 +44,15 @@ def test_a_moved_mirror_keeps_the_run_appended_last_the_latest(tmp_path: Path) -
     write_history(first, "h1", line(record(ago(hours=6), git_sha=SHA_C, run_id="before")))
     write_history(first, "h1", line(record(AHEAD, git_sha=SHA_B, run_id="ahead")))
     write_observation(first, "h1")
-    _ingest(db, first)
+    ingest_from(db, first)
     shutil.move(first, moved)  # the operator moves the mirror (FLEETSTATE_MIRROR=...)
     write_history(moved, "h1", line(record(ago(hours=2), git_sha=SHA_A, run_id="set-back")))
     write_history(moved, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="latest")))
-    _ingest(db, moved)
-    _ingest(rebuilt, moved)  # what `rebuild --mirror srv-mirror` makes
+    ingest_from(db, moved)
+    ingest_from(rebuilt, moved)  # what `rebuild --mirror srv-mirror` makes
 
-    assert _json(rebuilt, "status")[0]["pp_run_id"] == "latest"  # the rule, from scratch
-    assert _json(db, "status")[0]["pp_run_id"] == "latest", "the run dated ahead is latest"
+    assert fs_json(rebuilt, "status")[0]["pp_run_id"] == "latest"  # the rule, from scratch
+    assert fs_json(db, "status")[0]["pp_run_id"] == "latest", "the run dated ahead is latest"
 
 
 # --- 2. a replaced history: the result depends on FLEETSTATE_BATCH_BYTES ------------------
@@ -85,17 +70,17 @@ def test_a_replaced_history_gets_one_recency_whatever_the_batch_size(tmp_path: P
     one, each = tmp_path / "one.duckdb", tmp_path / "each.duckdb"
     write_history(mirror, "h1", line(record(AHEAD, git_sha=SHA_B, run_id="ahead")))
     write_observation(mirror, "h1")
-    _ingest(one, mirror)
-    _ingest(each, mirror)
+    ingest_from(one, mirror)
+    ingest_from(each, mirror)
     fresh = line(record(ago(hours=2), git_sha=SHA_A, run_id="again-1")) + line(
         record(ago(hours=1), git_sha=SHA_A, run_id="again-2")
     )
     write_history(mirror, "h1", fresh, append=False)  # replaced: read again from 0
-    _ingest(one, mirror)
-    _ingest(each, mirror, FLEETSTATE_BATCH_BYTES="1")  # a transaction per line
+    ingest_from(one, mirror)
+    ingest_from(each, mirror, FLEETSTATE_BATCH_BYTES="1")  # a transaction per line
 
     assert _recency(one) == _recency(each)
-    assert _json(one, "status")[0]["pp_run_id"] == _json(each, "status")[0]["pp_run_id"]
+    assert fs_json(one, "status")[0]["pp_run_id"] == fs_json(each, "status")[0]["pp_run_id"]
 
 
 # --- 3. migration 003 on a warehouse holding a replaced history ---------------------------
@@ -114,12 +99,12 @@ def test_migration_003_is_one_answer_for_a_history_read_again_from_0(tmp_path: P
     mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
     write_history(mirror, "h1", line(record(AHEAD, git_sha=SHA_B, run_id="ahead")))
     write_observation(mirror, "h1")
-    _ingest(db, mirror)
+    ingest_from(db, mirror)
     fresh = line(record(ago(hours=2), git_sha=SHA_A, run_id="again-1")) + line(
         record(ago(hours=1), git_sha=SHA_A, run_id="again-2")
     )
     write_history(mirror, "h1", fresh, append=False)
-    _ingest(db, mirror)
+    ingest_from(db, mirror)
     assert [r["recency_ts"] for r in _recency(db)] == [None, None, None]  # read from 0
 
     con = duckdb.connect(str(db))  # back to what the release before 003 left
@@ -156,9 +141,9 @@ def test_rollout_curve_ends_at_the_summary_after_a_clock_set_back(tmp_path: Path
     write_history(mirror, "h1", line(record(AHEAD, git_sha=SHA_A, run_id="ahead")))
     write_history(mirror, "h1", line(record(ago(hours=1), git_sha=SHA_B, run_id="set-back")))
     write_observation(mirror, "h1")
-    _ingest(db, mirror)
+    ingest_from(db, mirror)
 
-    report = _json(db, "rollout", SHA_A, "--part", "report")
+    report = fs_json(db, "rollout", SHA_A, "--part", "report")
     host = report["hosts"][0]
     assert (host["status"], report["summary"]["converged"]) == ("regressed", 0), host
     assert report["curve"][-1]["converged"] == report["summary"]["converged"], report["curve"]
@@ -181,9 +166,9 @@ def test_host_intervals_never_end_before_they_start(tmp_path: Path) -> None:
     ]:  # fmt: skip
         write_history(mirror, "h1", line(record(ts, git_sha=sha, run_id=run_id)))
     write_observation(mirror, "h1")
-    _ingest(db, mirror)
+    ingest_from(db, mirror)
 
-    rows = _json(db, "drift", "--part", "intervals", "--host", "h1")
+    rows = fs_json(db, "drift", "--part", "intervals", "--host", "h1")
     negative = [(r["git_sha"][:7], r["from_ts"], r["to_ts"], r["duration_s"])
                 for r in rows if r["duration_s"] < 0]  # fmt: skip
     assert not negative, negative
@@ -262,14 +247,14 @@ def test_rebuild_refuses_rather_than_drop_the_runs_of_a_replaced_history(
     mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
     write_history(mirror, "h1", line(record(ago(days=3), git_sha=SHA_B, run_id="old-1")))
     write_history(mirror, "h1", line(record(ago(days=2), git_sha=SHA_B, run_id="old-2")))
-    _ingest(db, mirror)
+    ingest_from(db, mirror)
     write_history(
         mirror, "h1", line(record(ago(hours=1), git_sha=SHA_A, run_id="new-1")), append=False
     )
-    _ingest(db, mirror)
+    ingest_from(db, mirror)
 
     done = fs(db, "rebuild", "--mirror", str(mirror))
-    kept = [r["run_id"] for r in _json(db, "sql", "SELECT run_id FROM runs ORDER BY 1")]
+    kept = [r["run_id"] for r in fs_json(db, "sql", "SELECT run_id FROM runs ORDER BY 1")]
     assert done.returncode != 0 or kept == ["new-1", "old-1", "old-2"], (
         f"rebuild exit {done.returncode}, runs left: {kept}"
     )
@@ -283,13 +268,13 @@ def test_rebuild_does_not_drop_the_runs_of_a_file_it_cannot_read(tmp_path: Path)
     mirror, db = tmp_path / "m", tmp_path / "wh.duckdb"
     write_history(mirror, "a", line(record(run_id="a-1")))
     history = write_history(mirror, "b", line(record(run_id="b-1")))
-    _ingest(db, mirror)
+    ingest_from(db, mirror)
     history.chmod(0)  # a umask, a restore from backup as another user...
     try:
         done = _without_dac("--db", str(db), "rebuild", "--mirror", str(mirror))
     finally:
         history.chmod(0o644)
-    kept = [r["run_id"] for r in _json(db, "sql", "SELECT run_id FROM runs ORDER BY 1")]
+    kept = [r["run_id"] for r in fs_json(db, "sql", "SELECT run_id FROM runs ORDER BY 1")]
     assert done.returncode != 0 or kept == ["a-1", "b-1"], (
         f"rebuild exit {done.returncode}, runs left: {kept}; {done.stderr}"
     )
