@@ -383,12 +383,7 @@ def rollout(
             "only with --watch --ingest",
             param_hint="/".join("--" + name.replace("_", "-") for name in stray),
         )
-    ssh = {
-        "jobs": jobs, "accept_new_host_keys": accept_new_host_keys, "ssh_config": ssh_config,
-        "known_hosts": known_hosts, "user": user, "timeout": timeout,
-        "connect_timeout": connect_timeout, "retries": retries, "port": port, "identity": identity,
-    }  # fmt: skip
-    assert set(ssh) == set(SSH_OPTIONS)
+    ssh = {name: ctx.params[name] for name in SSH_OPTIONS}  # as parsed, for the ingest
     ingesting = watch and (from_dir is not None or bool(ingest_targets))
     refreshes = 0
     shown: Rollout | None = None  # json and csv: the refresh stdout has not had yet
@@ -618,7 +613,7 @@ def rebuild(
         read, or a state file's run that never reached the history would be lost."""
         if force:
             return
-        lost = _fewer_rows(old, new)
+        lost = load.rows_lost(old, new)
         if lost:
             table, path, before, after = lost
             raise FleetstateError(
@@ -641,24 +636,6 @@ def rebuild(
             )
         warehouse.mark_written(con)  # not the demo's any more, if it was
     _progress(f"rebuilt {state.db}: {stats.runs_added:,} runs, {stats.rejects_added:,} rejects")
-
-
-def _fewer_rows(
-    old: duckdb.DuckDBPyConnection, new: duckdb.DuckDBPyConnection
-) -> tuple[str, str, int, int] | None:
-    """(table, source_path, rows before, rows after) of the first file with fewer rows in
-    `new` than in `old`: runs of any file; observations and rejects of the append-only
-    files (a state file's rejects come and go with its content)."""
-    appended = "source_path LIKE '%/history.jsonl' OR source_path LIKE '%/observations.jsonl'"
-    for table, where in (("runs", "true"), ("observations", "true"), ("rejects", appended)):
-        count = (  # names from this list, not input
-            f"SELECT source_path, count(*) FROM {table} WHERE {where} GROUP BY source_path"  # noqa: S608
-        )
-        after = dict(new.execute(count).fetchall())
-        for path, before in sorted(old.execute(count).fetchall()):
-            if after.get(path, 0) < before:
-                return table, path, before, after.get(path, 0)
-    return None
 
 
 @app.command()

@@ -160,7 +160,7 @@ _REAL_DATA = (
 
 def _refuse_real_warehouse(db: Path, deadline: float) -> None:
     """Before any work: a warehouse holding real data is never replaced."""
-    if not db.exists() or (db.is_file() and db.stat().st_size == 0):
+    if warehouse.holds_no_warehouse(db):
         return  # nothing in it to lose
     con = warehouse.connect(db, read_only=True, wait_s=locks.left(deadline))
     try:

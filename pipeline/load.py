@@ -26,6 +26,7 @@ import duckdb
 
 from pipeline import records, warehouse
 from pipeline.errors import FleetstateError
+from pipeline.mirror import CURSOR
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -186,7 +187,7 @@ ProgressFn = Callable[[LoadStats], None]
 
 # what a host's directory holds: the loader's inputs, or the collector's cursor (a first
 # collection cut short leaves only that)
-HOST_FILES = (HISTORY, OBSERVATIONS, STATE_FILE, ".cursor.json")
+HOST_FILES = (HISTORY, OBSERVATIONS, STATE_FILE, CURSOR)
 
 
 def check_mirror(mirror_dir: Path) -> None:
@@ -285,7 +286,7 @@ def load_mirror(
     commits its rows with their cursors."""
     found = discover(mirror_dir, hosts)
     files, aliases, problems = _claim_files(found)
-    cursors, newest = _read_cursors(con), _read_newest(con)
+    cursors, newest = _read_cursors(con)
     fixed = WORKERS or _env_count("FLEETSTATE_LOAD_WORKERS")
     workers, batch_bytes = default_plan(os.cpu_count(), _available_memory(), fixed)
     batch_bytes = BATCH_BYTES or _env_count("FLEETSTATE_BATCH_BYTES", sizes=True) or batch_bytes
@@ -306,6 +307,25 @@ def mirror_files(mirror_dir: Path) -> set[str]:
     """The files a load of `mirror_dir` reads, as their cursors name them (resolved)."""
     found, _, _ = _claim_files(discover(mirror_dir))
     return {key for _host, files in found for _path, key, _limit in files}
+
+
+def rows_lost(
+    old: duckdb.DuckDBPyConnection, new: duckdb.DuckDBPyConnection
+) -> tuple[str, str, int, int] | None:
+    """What a warehouse rebuilt from the mirror (`new`) would lose of `old`: (table,
+    source_path, rows before, rows after) of the first file with fewer rows in `new`.
+    Runs of any file; observations and rejects of the append-only files (a state file's
+    rejects come and go with its content)."""
+    appended = f"source_path LIKE '%/{HISTORY}' OR source_path LIKE '%/{OBSERVATIONS}'"
+    for table, where in (("runs", "true"), ("observations", "true"), ("rejects", appended)):
+        count = (  # names from this list, not input
+            f"SELECT source_path, count(*) FROM {table} WHERE {where} GROUP BY source_path"  # noqa: S608
+        )
+        after = dict(new.execute(count).fetchall())
+        for path, before in sorted(old.execute(count).fetchall()):
+            if after.get(path, 0) < before:
+                return table, path, before, after.get(path, 0)
+    return None
 
 
 def committed_sizes(host_dir: Path) -> dict[str, int] | None:
@@ -553,17 +573,15 @@ def _add_committed(
         progress(shown)
 
 
-def _read_cursors(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, str | None]]:
-    rows = con.execute("SELECT source_path, byte_offset, head_sha FROM load_cursors").fetchall()
-    return {r[0]: (r[1], r[2]) for r in rows}
-
-
-def _read_newest(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Each history's newest ts (epoch us) as its cursor saved it (_raise_recency)."""
+def _read_cursors(
+    con: duckdb.DuckDBPyConnection,
+) -> tuple[dict[str, tuple[int, str | None]], dict[str, int]]:
+    """Each file's cursor (offset, fingerprint), and each history's newest ts (epoch us)
+    as its cursor saved it (_raise_recency)."""
     rows = con.execute(
-        "SELECT source_path, epoch_us(recency_ts) FROM load_cursors WHERE recency_ts IS NOT NULL"
+        "SELECT source_path, byte_offset, head_sha, epoch_us(recency_ts) FROM load_cursors"
     ).fetchall()
-    return {path: us for path, us in rows}
+    return {r[0]: (r[1], r[2]) for r in rows}, {r[0]: r[3] for r in rows if r[3] is not None}
 
 
 def _fingerprint(path: Path, end: int) -> str:

@@ -62,7 +62,7 @@ def connect(
     one call share `wait_s` (FLEETSTATE_LOCK_WAIT_S).
     """
     deadline = time.monotonic() + _lock_wait(wait_s)
-    if read_only and (not path.exists() or (path.is_file() and not path.stat().st_size)):
+    if read_only and holds_no_warehouse(path):
         raise WarehouseError(f"no warehouse at {path}: run `fleetstate ingest` (or `demo`) first")
     _refuse_non_duckdb(path)
     if not read_only:
@@ -106,6 +106,11 @@ def _drop_empty_file(path: Path, deadline: float) -> None:
     with _guard(real, exclusive=True, deadline=deadline):
         if _empty_file(real):
             real.unlink()
+
+
+def holds_no_warehouse(path: Path) -> bool:
+    """Nothing at `path`, or an empty file: no warehouse, and nothing in it to lose."""
+    return not path.exists() or _empty_file(path)
 
 
 def _empty_file(path: Path) -> bool:
@@ -498,7 +503,7 @@ def _open_old(
 ) -> duckdb.DuckDBPyConnection | None:
     """The warehouse `rebuilding` replaces, open and checked (None: there is none, or it is
     unreadable and may be replaced). The caller holds the guard."""
-    if not path.exists() or (path.is_file() and not path.stat().st_size):
+    if holds_no_warehouse(path):
         return None  # an empty file is no warehouse (as for `connect`)
     _refuse_non_duckdb(path)
     try:
