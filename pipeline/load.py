@@ -26,7 +26,6 @@ import duckdb
 
 from pipeline import records, warehouse
 from pipeline.errors import FleetstateError
-from pipeline.mirror import CURSOR
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -186,8 +185,9 @@ ProgressFn = Callable[[LoadStats], None]
 
 
 # what a host's directory holds: the loader's inputs, or the collector's cursor (a first
-# collection cut short leaves only that)
-HOST_FILES = (HISTORY, OBSERVATIONS, STATE_FILE, CURSOR)
+# collection cut short leaves only that; mirror.CURSOR, named here because the loader does
+# not import the collector's side: tests/test_layers.py)
+HOST_FILES = (HISTORY, OBSERVATIONS, STATE_FILE, ".cursor.json")
 
 
 def check_mirror(mirror_dir: Path) -> None:
